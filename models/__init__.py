@@ -1,0 +1,1 @@
+"""Pure machine-learning core of riskmon: feature schema, cleaning, networks, baselines, segments."""

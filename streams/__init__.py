@@ -1,0 +1,1 @@
+"""riskmon's streaming shell and stream-side core: wire events, feature fold, ports, adapters, app."""
