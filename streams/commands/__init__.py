@@ -1,0 +1,1 @@
+"""One module per ``riskmon`` subcommand, each with ``register(subparsers)``."""
