@@ -1,0 +1,1 @@
+"""Adapters of :mod:`streams.ports`: in memory, Redis, Kafka."""

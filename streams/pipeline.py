@@ -1,0 +1,437 @@
+"""The pure orchestration of the stream, over the ports: the live worker and the backtest run these.
+
+One micro-batch goes ``ingest`` (bytes -> InvoiceEvent | DeadLetter) -> ``apply_events``
+(fold deltas into the FeatureStore, idempotent on event id, advance the event-time
+watermark) -> ``rescore`` (the touched enterprises, as of the watermark, in micro-batches
+through the Scorer). The allocator step, ``run_allocation``, turns the current scores into
+credit lines and an AllocationSummary, and keeps only the lines that changed.
+
+Nothing here reads a clock or opens a connection: ``now`` and ``as_of`` are arguments,
+and every side effect goes through a port.
+
+Examples
+--------
+>>> import datetime as dt
+>>> now = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+>>> dl = ingest(b"{not json", Source("invoices", 0, 7), now)
+>>> dl.reason, dl.source_offset
+('json_invalid', 7)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import numpy as np
+from pydantic import ValidationError
+
+from models.scoring import Score, Scorer, ScoringBatch
+from models.schema import NUMERIC_FEATURES
+from streams.dataset import validation_reason
+from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
+from streams.features.fold import EnterpriseState, invoice_delta
+from streams.features.names import classify_name
+from streams.features.vector import to_sequence, to_vector
+from streams.ports import DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore
+
+REASON_EMPTY: Final = "empty"
+REASON_JSON: Final = "json_invalid"
+REASON_NOT_OBJECT: Final = "not_object"
+REASON_UNKNOWN_FIELD: Final = "unknown_field"
+REASON_UNKNOWN_ENTERPRISE: Final = "unknown_enterprise"
+REASON_NOT_ALLOCATED: Final = "not_allocated"
+_RATINGS: Final = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a raw message came from (Kafka coordinates; -1 where not applicable)."""
+
+    topic: str
+    partition: int = -1
+    offset: int = -1
+    key: str | None = None
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def _reason(error: ValidationError) -> str:
+    first = error.errors()[0]
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return REASON_JSON
+    if kind in ("model_type", "model_attributes_type", "dict_type") and not first.get("loc"):
+        return REASON_NOT_OBJECT
+    if kind == "extra_forbidden":  # the field name is the sender's text: keep metric labels bounded
+        return REASON_UNKNOWN_FIELD
+    return validation_reason(error)
+
+
+def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime) -> InvoiceEvent | DeadLetter:
+    """Decode and validate one message; anything invalid becomes a :class:`DeadLetter` with a reason.
+
+    Never raises on bad input: the reason codes are ``empty``, ``json_invalid``,
+    ``not_object``, ``unknown_field`` or :func:`streams.dataset.validation_reason`'s
+    ``field:error_type`` / ``event:check``.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> now = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    >>> ingest(b"", Source("invoices"), now).reason
+    'empty'
+    >>> ingest(b"[1, 2]", Source("invoices"), now).reason
+    'not_object'
+    >>> ingest(b'{"event_id": "x"}', Source("invoices"), now).reason
+    'enterprise_id:missing'
+    """
+    if isinstance(raw, Mapping):
+        raw_bytes = json.dumps(raw, default=str, ensure_ascii=False).encode()
+    else:
+        raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+
+    def dead(reason: str, error: str) -> DeadLetter:
+        return DeadLetter(
+            reason=reason,
+            error=error[:1000],
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            key=source.key,
+            raw_base64=base64.b64encode(raw_bytes).decode("ascii"),
+            failed_at=now,
+        )
+
+    if not raw_bytes.strip():
+        return dead(REASON_EMPTY, "empty message")
+    try:
+        if isinstance(raw, Mapping):
+            return InvoiceEvent.model_validate(raw)
+        return InvoiceEvent.model_validate_json(raw_bytes)
+    except ValidationError as exc:
+        return dead(_reason(exc), str(exc))
+    except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. a Decimal context error deep in a validator
+        return dead("invalid", f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What a micro-batch did to the feature store.
+
+    ``touched`` is every enterprise in the batch, ``changed`` those with a newly applied
+    event. The worker rescores ``touched``: after a crash between the store write and the
+    score publication, the redelivered events are duplicates but the score must still go out.
+    """
+
+    touched: frozenset[str]
+    changed: frozenset[str]
+    applied: int
+    duplicates: int
+    watermark: dt.date | None
+
+
+def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent]) -> ApplyResult:
+    """Fold the events into the store (one ``apply_many``) and advance the event-time watermark.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> from streams.adapters.memory import InMemoryFeatureStore
+    >>> ev = InvoiceEvent(event_id="a", enterprise_id="E1", direction="in", invoice_no="1",
+    ...     issue_date=dt.date(2019, 3, 1), counterparty_id="A9", amount="1.00", tax="0.13",
+    ...     total="1.13", status="valid", produced_at=dt.datetime(2019, 3, 1, tzinfo=dt.UTC))
+    >>> store = InMemoryFeatureStore()
+    >>> r = apply_events(store, [ev, ev])
+    >>> sorted(r.changed), r.applied, r.duplicates, r.watermark
+    (['E1'], 1, 1, datetime.date(2019, 3, 1))
+    """
+    if not events:
+        return ApplyResult(frozenset(), frozenset(), 0, 0, store.watermark())
+    items = [DeltaItem(e.enterprise_id, e.event_id, invoice_delta(e), e.enterprise_name) for e in events]
+    flags = store.apply_many(items)
+    applied = sum(flags)
+    changed = frozenset(item.enterprise_id for item, ok in zip(items, flags, strict=True) if ok)
+    watermark = store.advance_watermark(max(e.issue_date for e in events))
+    return ApplyResult(
+        touched=frozenset(item.enterprise_id for item in items),
+        changed=changed,
+        applied=applied,
+        duplicates=len(items) - applied,
+        watermark=watermark,
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def build_batch(states: Sequence[EnterpriseState], registry: EnterpriseRegistry, as_of: dt.date) -> ScoringBatch:
+    """The model inputs of these enterprises as of ``as_of`` (registry name first, else the event's)."""
+    numeric = np.empty((len(states), len(NUMERIC_FEATURES)), dtype=np.float64)
+    sequences = []
+    categorical: list[tuple[str, str]] = []
+    known: list[str | None] = []
+    for i, state in enumerate(states):
+        vector = to_vector(state, as_of)
+        numeric[i] = [vector[name] for name in NUMERIC_FEATURES]
+        sequences.append(to_sequence(state, as_of))
+        info = registry.get(state.enterprise_id)
+        categorical.append(classify_name(info.name if info is not None else state.name))
+        known.append(info.rating if info is not None else None)
+    seq = np.stack(sequences) if sequences else np.zeros((0, 0, 0), dtype=np.float32)
+    return ScoringBatch([s.enterprise_id for s in states], numeric, categorical, seq, known)
+
+
+def to_event(score: Score, state: EnterpriseState, industry: str, legal_form: str, *, as_of: dt.date,
+             bundle_version: str, now: dt.datetime) -> EnterpriseScore:
+    """The wire form of a model score."""
+    probs = {r: float(score.rating_probabilities.get(r, 0.0)) for r in _RATINGS}
+    pd_ = float(score.default_probability)
+    return EnterpriseScore(
+        enterprise_id=score.enterprise_id,
+        as_of=as_of,
+        rating=score.rating,  # type: ignore[arg-type]  # validated by pydantic
+        rating_known=score.rating_known,
+        rating_probabilities=probs,  # type: ignore[arg-type]
+        default_probability=min(1.0, max(0.0, pd_)) if math.isfinite(pd_) else 1.0,
+        segment=score.segment,
+        industry=industry,
+        legal_form=legal_form,
+        n_invoices=state.n_events,
+        bundle_version=bundle_version,
+        scored_at=now,
+    )
+
+
+def rescore(
+    enterprise_ids: Iterable[str],
+    store: FeatureStore,
+    registry: EnterpriseRegistry,
+    scorer: Scorer,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    batch_size: int = 256,
+) -> list[EnterpriseScore]:
+    """Score the enterprises as of ``as_of`` in micro-batches of ``batch_size``, sorted by id.
+
+    Enterprises unknown to the registry are scored too (industry/legal form from the
+    event's name, else ``unknown``/``other``; no known rating).
+    """
+    ids = sorted(set(enterprise_ids))
+    out: list[EnterpriseScore] = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        states = store.load_many(chunk)
+        batch = build_batch(states, registry, as_of)
+        scores = scorer.score_many(batch)
+        if len(scores) != len(chunk):
+            raise ValueError(f"scorer returned {len(scores)} scores for {len(chunk)} enterprises")
+        for score, state, (industry, legal_form) in zip(scores, states, batch.categorical, strict=True):
+            out.append(to_event(score, state, industry, legal_form, as_of=as_of,
+                                bundle_version=scorer.version, now=now))
+    return out
+
+
+# --------------------------------------------------------------------------- one micro-batch
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Everything one micro-batch produced; the shell publishes it."""
+
+    events: list[InvoiceEvent]
+    dead_letters: list[DeadLetter]
+    applied: ApplyResult
+    scores: list[EnterpriseScore]
+
+
+def process_batch(
+    messages: Sequence[tuple[bytes | str | Mapping[str, object], Source]],
+    features: FeatureStore,
+    scores: ScoreStore,
+    registry: EnterpriseRegistry,
+    scorer: Scorer | None,
+    *,
+    now: dt.datetime,
+    score_batch_size: int = 256,
+) -> BatchOutcome:
+    """Ingest, fold and rescore one micro-batch; new scores are saved to ``scores``.
+
+    ``scorer=None`` folds features only (a feature-only backfill). Scoring is as of the
+    event-time watermark after the batch.
+    """
+    events: list[InvoiceEvent] = []
+    dead: list[DeadLetter] = []
+    for raw, source in messages:
+        item = ingest(raw, source, now)
+        (events if isinstance(item, InvoiceEvent) else dead).append(item)  # type: ignore[arg-type]
+    result = apply_events(features, events)
+    new_scores: list[EnterpriseScore] = []
+    if scorer is not None and result.touched and result.watermark is not None:
+        new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark,
+                             now=now, batch_size=score_batch_size)
+        scores.put_many(new_scores)
+    return BatchOutcome(events, dead, result, new_scores)
+
+
+# --------------------------------------------------------------------------- allocation
+
+
+@dataclass(frozen=True, slots=True)
+class LineDecision:
+    """The allocator's decision for one enterprise (amount 0 = no line)."""
+
+    enterprise_id: str
+    amount_yuan: float
+    rate: float
+    expected_profit_yuan: float
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationDecision:
+    """What an allocator run decided, in the stream's terms."""
+
+    lines: Mapping[str, LineDecision]
+    total_amount_yuan: float
+    expected_profit_yuan: float
+    solver: str
+    runtime_s: float
+    optimum_yuan: float | None = None
+    gap: float | None = None
+
+
+class Allocate(Protocol):
+    """Runs the allocator over scores (see :mod:`streams.adapters.allocation` for the real one)."""
+
+    def __call__(self, scores: Sequence[EnterpriseScore], *, budget_yuan: float, solver: str,
+                 seed: int) -> AllocationDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationOutcome:
+    """The lines to publish (changed ones only), every current line, and the summary."""
+
+    changed: list[CreditLine]
+    lines: dict[str, CreditLine]
+    summary: AllocationSummary
+    n_unknown: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float, score: EnterpriseScore) -> list[str]:
+    """Why a line differs from the previous one (``["new"]`` without one, empty when unchanged)."""
+    if previous is None:
+        return ["new"]
+    reasons: list[str] = []
+    if abs(amount_yuan - previous.amount_yuan) > 0.005:
+        reasons.append("amount_increased" if amount_yuan > previous.amount_yuan else "amount_decreased")
+    if abs(rate - previous.rate) > 1e-9:
+        reasons.append("rate_increased" if rate > previous.rate else "rate_decreased")
+    if not reasons:
+        return []
+    if score.rating != previous.rating:
+        reasons.append(f"rating_changed:{previous.rating}->{score.rating}")
+    if score.segment != previous.segment:
+        reasons.append(f"segment_changed:{previous.segment}->{score.segment}")
+    delta_pd = score.default_probability - previous.default_probability
+    if abs(delta_pd) >= 0.01:
+        reasons.append("default_probability_increased" if delta_pd > 0 else "default_probability_decreased")
+    return reasons
+
+
+def run_allocation(
+    scores: Mapping[str, EnterpriseScore],
+    previous: Mapping[str, CreditLine],
+    allocate: Allocate,
+    registry: EnterpriseRegistry,
+    *,
+    budget_yuan: float,
+    solver: str,
+    as_of: dt.date,
+    now: dt.datetime,
+    allocation_id: str,
+    bundle_version: str,
+    seed: int = 0,
+) -> AllocationOutcome:
+    """Allocate credit over the current scores of known clients; lines that changed get published.
+
+    Enterprises unknown to the registry are not offered credit: their line is 0 with the
+    reason ``unknown_enterprise`` (published once, when first seen).
+    """
+    eligible = [s for eid, s in sorted(scores.items()) if registry.get(eid) is not None]
+    unknown = [s for eid, s in sorted(scores.items()) if registry.get(eid) is None]
+    decision = allocate(eligible, budget_yuan=budget_yuan, solver=solver, seed=seed)
+    lines: dict[str, CreditLine] = {}
+    changed: list[CreditLine] = []
+    for score in eligible + unknown:
+        eid = score.enterprise_id
+        if registry.get(eid) is None:
+            d = LineDecision(eid, 0.0, 0.0, 0.0, (REASON_UNKNOWN_ENTERPRISE,))
+        else:
+            d = decision.lines.get(eid) or LineDecision(eid, 0.0, 0.0, 0.0, (REASON_NOT_ALLOCATED,))
+        prev = previous.get(eid)
+        why = change_reasons(prev, d.amount_yuan, d.rate, score)
+        line = CreditLine(
+            enterprise_id=eid,
+            allocation_id=allocation_id,
+            as_of=as_of,
+            amount_yuan=float(d.amount_yuan),
+            rate=float(d.rate),
+            expected_profit_yuan=float(d.expected_profit_yuan),
+            default_probability=score.default_probability,
+            rating=score.rating,
+            segment=score.segment,
+            reasons=list(d.reasons),
+            previous_amount_yuan=prev.amount_yuan if prev is not None else None,
+            previous_rate=prev.rate if prev is not None else None,
+            change_reasons=why,
+            bundle_version=bundle_version,
+            solver=decision.solver,
+            decided_at=now,
+        )
+        if why:
+            changed.append(line)
+            lines[eid] = line
+        else:
+            lines[eid] = prev  # type: ignore[assignment]  # unchanged: keep the published line
+    summary = AllocationSummary(
+        allocation_id=allocation_id,
+        as_of=as_of,
+        budget_yuan=float(budget_yuan),
+        total_amount_yuan=float(decision.total_amount_yuan),
+        expected_profit_yuan=float(decision.expected_profit_yuan),
+        n_enterprises=len(scores),
+        n_lines=sum(1 for line in lines.values() if line.amount_yuan > 0),
+        n_changed=len(changed),
+        solver=decision.solver,
+        optimum_yuan=decision.optimum_yuan,
+        gap=decision.gap,
+        runtime_s=float(decision.runtime_s),
+        bundle_version=bundle_version,
+        decided_at=now,
+    )
+    return AllocationOutcome(changed, lines, summary, n_unknown=len(unknown))
+
+
+def allocation_id_for(as_of: dt.date, now: dt.datetime) -> str:
+    """A readable, unique-enough id: the as-of date and the decision time.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> allocation_id_for(dt.date(2019, 12, 31), dt.datetime(2020, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC))
+    'alloc-20191231-20200102T030405.600000Z'
+    """
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"alloc-{as_of:%Y%m%d}-{stamp}"
