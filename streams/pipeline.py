@@ -191,7 +191,7 @@ def build_batch(states: Sequence[EnterpriseState], registry: EnterpriseRegistry,
     return ScoringBatch([s.enterprise_id for s in states], numeric, categorical, seq, known)
 
 
-def to_event(score: Score, state: EnterpriseState, industry: str, legal_form: str, *, as_of: dt.date,
+def to_event(score: Score, n_invoices: int, industry: str, legal_form: str, *, as_of: dt.date,
              bundle_version: str, now: dt.datetime) -> EnterpriseScore:
     """The wire form of a model score."""
     probs = {r: float(score.rating_probabilities.get(r, 0.0)) for r in _RATINGS}
@@ -206,7 +206,7 @@ def to_event(score: Score, state: EnterpriseState, industry: str, legal_form: st
         segment=score.segment,
         industry=industry,
         legal_form=legal_form,
-        n_invoices=state.n_events,
+        n_invoices=n_invoices,
         bundle_version=bundle_version,
         scored_at=now,
     )
@@ -231,13 +231,14 @@ def rescore(
     out: list[EnterpriseScore] = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        states = store.load_many(chunk)
+        states = store.load_many(chunk, with_seen=False)
         batch = build_batch(states, registry, as_of)
         scores = scorer.score_many(batch)
         if len(scores) != len(chunk):
             raise ValueError(f"scorer returned {len(scores)} scores for {len(chunk)} enterprises")
-        for score, state, (industry, legal_form) in zip(scores, states, batch.categorical, strict=True):
-            out.append(to_event(score, state, industry, legal_form, as_of=as_of,
+        n_col = NUMERIC_FEATURES.index("n_invoices")
+        for i, (score, (industry, legal_form)) in enumerate(zip(scores, batch.categorical, strict=True)):
+            out.append(to_event(score, int(batch.numeric[i, n_col]), industry, legal_form, as_of=as_of,
                                 bundle_version=scorer.version, now=now))
     return out
 

@@ -55,8 +55,12 @@ class FeatureStore(Protocol):
         """The current state (an empty one for an enterprise never seen)."""
         ...
 
-    def load_many(self, enterprise_ids: Sequence[str]) -> list[EnterpriseState]:
-        """:meth:`load` for many enterprises, in order."""
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
+        """:meth:`load` for many enterprises, in order.
+
+        ``with_seen=False`` leaves ``seen`` empty: scoring needs only the counters, and the
+        seen-sets of busy enterprises are large.
+        """
         ...
 
     def enterprise_ids(self) -> set[str]:

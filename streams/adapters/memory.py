@@ -55,8 +55,14 @@ class InMemoryFeatureStore:
         state = self._states.get(enterprise_id)
         return _copy(state) if state is not None else EnterpriseState(enterprise_id)
 
-    def load_many(self, enterprise_ids: Sequence[str]) -> list[EnterpriseState]:
-        return [self.load(e) for e in enterprise_ids]
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
+        if with_seen:
+            return [self.load(e) for e in enterprise_ids]
+        out = []
+        for eid in enterprise_ids:
+            state = self._states.get(eid)
+            out.append(EnterpriseState(eid, dict(state.counters), set(), state.name) if state else EnterpriseState(eid))
+        return out
 
     def enterprise_ids(self) -> set[str]:
         return set(self._states)

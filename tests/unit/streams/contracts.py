@@ -67,6 +67,12 @@ class FeatureStoreContract:
         e1, e2 = store.load_many(["E1", "E2"])
         assert e1.counters == {"n": 11, "big": 10**15} and e2.counters == {"n": 4}
 
+    def test_load_many_without_seen(self, store) -> None:
+        store.apply("E1", "a", {"n": 1}, name="nm")
+        (state, empty) = store.load_many(["E1", "E9"], with_seen=False)
+        assert (state.counters, state.seen, state.name) == ({"n": 1}, set(), "nm")
+        assert empty.counters == {} and empty.enterprise_id == "E9"
+
     def test_name_is_kept_once(self, store) -> None:
         store.apply_many([DeltaItem("E1", "a", {"n": 1}, name="***科技有限公司"), DeltaItem("E1", "b", {"n": 1}, name="other")])
         assert store.load("E1").name == "***科技有限公司"

@@ -1,0 +1,99 @@
+"""One settings tree, read once in ``main()`` from ``RISKMON_...`` environment variables.
+
+Nested fields use ``__``: ``RISKMON_KAFKA__BOOTSTRAP=host:9092``,
+``RISKMON_REDIS__URL=redis://host:6379/0``, ``RISKMON_ALLOCATOR__BUDGET_YUAN=1e8``,
+``RISKMON_TOPICS__INVOICES=invoices``. Secrets are :class:`~pydantic.SecretStr`.
+
+Examples
+--------
+>>> s = Settings(_env_prefix="NOPE_")
+>>> s.kafka.bootstrap, s.topics.invoices, s.allocator.solver
+('127.0.0.1:9092', 'invoices', 'exact')
+>>> s.model_copy(update={"topics": s.topics.prefixed("t1-")}).topics.credit_lines
+'t1-credit-lines'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.dataset import DEFAULT_DATA_DIR
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    group_id: str = "riskmon-worker"
+    client_id: str = "riskmon"
+
+
+class TopicSettings(_Section):
+    invoices: str = "invoices"
+    dlq: str = "invoices.dlq"
+    scores: str = "enterprise-scores"
+    credit_lines: str = "credit-lines"
+    allocations: str = "credit-allocations"
+    partitions: int = Field(default=4, ge=1)
+    replication: int = Field(default=1, ge=1)
+
+    def prefixed(self, prefix: str) -> TopicSettings:
+        """The same topics with names starting with ``prefix`` (tests use unique prefixes)."""
+        names = ("invoices", "dlq", "scores", "credit_lines", "allocations")
+        return self.model_copy(update={n: prefix + getattr(self, n) for n in names})
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    ssl: bool = False
+    ssl_ca_certs: Path | None = None
+    prefix: str = "riskmon"
+    socket_timeout_s: float = 5.0
+
+
+class WorkerSettings(_Section):
+    batch_size: int = Field(default=2000, ge=1)  # messages per micro-batch
+    batch_within_s: float = Field(default=0.5, gt=0)  # longest wait to fill a micro-batch
+    score_batch_size: int = Field(default=512, ge=1)
+    metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0: no HTTP server
+    web_port: int = Field(default=6066, ge=1, le=65535)  # faust's own web server (/health lives here too)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AllocatorSettings(_Section):
+    interval_s: float = Field(default=10.0, gt=0)
+    budget_yuan: float = Field(default=100_000_000.0, gt=0)
+    solver: Literal["exact", "anneal", "rules"] = "exact"
+    seed: int = 0
+    min_scores: int = Field(default=1, ge=1)  # do not allocate before this many enterprises are scored
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKMON_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    app_id: str = "riskmon"
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    allocator: AllocatorSettings = AllocatorSettings()
+    bundle_dir: Path = _ROOT / "var" / "bundle"
+    data_dir: Path = DEFAULT_DATA_DIR
+    state_dir: Path = _ROOT / "var" / "faust"
