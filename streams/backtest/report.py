@@ -1,0 +1,385 @@
+"""The backtest report: ``summary.json``, CSV tables, and one self-contained ``report.html``.
+
+Plots are matplotlib figures (Agg backend) embedded as base64 PNG ``<img>`` tags inside
+``<figure id="...">`` elements; there is no external script, style sheet or font, so the
+file opens offline. Every plot's table is written beside it as CSV.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from models.schema import RATINGS  # noqa: E402
+from streams.backtest.run import BacktestResult, RunResult  # noqa: E402
+
+#: The figure ids every report contains (the report test checks each one).
+FIGURES: tuple[str, ...] = (
+    "lines-by-rating",
+    "lines-by-segment",
+    "lent-vs-budget",
+    "profit",
+    "roc",
+    "auc-ks",
+    "psi",
+    "drift-alarms",
+)
+SCENARIO_FIGURE = "scenario-diff"
+_MILLION = 1e6
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def lines_table(run: RunResult) -> pd.DataFrame:
+    """One row per (as-of date, scored enterprise): score, line and reasons."""
+    rows = []
+    for d in run.dates:
+        for eid, score in sorted(d.decision.scores.items()):
+            line = d.decision.lines.get(eid)
+            rows.append({
+                "as_of": d.as_of.isoformat(), "enterprise_id": eid, "rating": score.rating,
+                "rating_known": score.rating_known, "default_probability": score.default_probability,
+                "segment": score.segment, "industry": score.industry,
+                "amount_yuan": line.amount_yuan if line else 0.0, "rate": line.rate if line else 0.0,
+                "expected_profit_yuan": line.expected_profit_yuan if line else 0.0,
+                "reasons": ";".join(line.reasons) if line else "",
+                "change_reasons": ";".join(line.change_reasons) if line else "",
+            })
+    return pd.DataFrame(rows)
+
+
+def summary_table(run: RunResult) -> pd.DataFrame:
+    return pd.DataFrame([d.row() for d in run.dates])
+
+
+def psi_frame(result: BacktestResult) -> pd.DataFrame:
+    rows = [{"from": a.isoformat(), "to": b.isoformat(), "feature": f, "psi": v}
+            for (a, b), table in result.drift.psi.items() for f, v in table.items()]
+    return pd.DataFrame(rows, columns=["from", "to", "feature", "psi"])
+
+
+def _month_label(m: int) -> str:
+    return f"{m // 12:04d}-{m % 12 + 1:02d}"
+
+
+def alarms_frame(result: BacktestResult) -> pd.DataFrame:
+    rows = [{"series": str(a.key), "detector": a.detector, "month": _month_label(int(a.t)),  # type: ignore[call-overload]
+             "signed_log_sales": a.value, "n_seen": a.n_seen} for a in result.drift.alarms]
+    return pd.DataFrame(rows, columns=["series", "detector", "month", "signed_log_sales", "n_seen"])
+
+
+def scenario_frame(result: BacktestResult) -> pd.DataFrame:
+    """Per (as-of, enterprise) line in the base run and the shocked run, where they differ."""
+    if result.shocked is None:
+        return pd.DataFrame()
+    rows = []
+    for base, shock in zip(result.base.dates, result.shocked.dates, strict=True):
+        ids = sorted(set(base.decision.lines) | set(shock.decision.lines))
+        for eid in ids:
+            b, s = base.decision.lines.get(eid), shock.decision.lines.get(eid)
+            ba, sa = (b.amount_yuan if b else 0.0), (s.amount_yuan if s else 0.0)
+            br, sr = (b.rate if b else 0.0), (s.rate if s else 0.0)
+            if ba != sa or br != sr:
+                score = base.decision.scores.get(eid) or shock.decision.scores.get(eid)
+                rows.append({"as_of": base.as_of.isoformat(), "enterprise_id": eid,
+                             "industry": score.industry if score else "", "base_amount_yuan": ba,
+                             "scenario_amount_yuan": sa, "base_rate": br, "scenario_rate": sr})
+    return pd.DataFrame(rows, columns=["as_of", "enterprise_id", "industry", "base_amount_yuan",
+                                       "scenario_amount_yuan", "base_rate", "scenario_rate"])
+
+
+def early_flags_frame(result: BacktestResult) -> pd.DataFrame:
+    rows = [{"enterprise_id": e, "rating": result.outcomes[e].rating,
+             "first_flagged": d.isoformat() if d else ""} for e, d in sorted(result.first_flags.items())]
+    return pd.DataFrame(rows, columns=["enterprise_id", "rating", "first_flagged"])
+
+
+def _stacked(table: pd.DataFrame, column: str, title: str, order: Sequence[str] | None = None) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    lent = table[table["amount_yuan"] > 0]
+    pivot = lent.pivot_table(index="as_of", columns=column, values="amount_yuan", aggfunc="sum", fill_value=0.0)
+    pivot = pivot.reindex(sorted(table["as_of"].unique()), fill_value=0.0)
+    cols = [c for c in (order or sorted(pivot.columns)) if c in pivot.columns]
+    bottom = np.zeros(len(pivot))
+    for c in cols:
+        ax.bar(pivot.index, pivot[c] / _MILLION, bottom=bottom, label=str(c))
+        bottom += pivot[c].to_numpy() / _MILLION
+    ax.set_ylabel("million yuan")
+    ax.set_title(title)
+    if cols:
+        ax.legend(fontsize=7, ncol=min(len(cols), 5))
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    return _png(fig)
+
+
+def render_figures(result: BacktestResult) -> dict[str, str]:
+    """Every figure of the report as base64 PNG, keyed by figure id."""
+    run = result.base
+    table = lines_table(run)
+    summary = summary_table(run)
+    figs: dict[str, str] = {}
+    figs["lines-by-rating"] = _stacked(table, "rating", "Credit lines by rating", RATINGS)
+    figs["lines-by-segment"] = _stacked(table, "segment", "Credit lines by segment")
+
+    x = summary["as_of"].tolist() if len(summary) else []
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if x:
+        ax.plot(x, summary["total_lent"] / _MILLION, "o-", label="riskmon")
+        ax.plot(x, summary["total_lent_rules"] / _MILLION, "s--", label="rules (paper 000)")
+        ax.plot(x, summary["total_lent_flat"] / _MILLION, "^:", label="everyone, flat rate")
+    ax.axhline(result.config.budget_yuan / _MILLION, color="k", lw=1, label="budget")
+    ax.set_ylabel("million yuan")
+    ax.set_title("Total lent vs budget")
+    ax.legend(fontsize=7)
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    figs["lent-vs-budget"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if x:
+        ax.plot(x, summary["expected_profit"] / 1e4, "o-", label="riskmon expected (all lines)")
+        ax.plot(x, summary["realised_profit"] / 1e4, "o--", label="riskmon realised (labeled)")
+        ax.plot(x, summary["realised_profit_rules"] / 1e4, "s--", label="rules realised")
+        ax.plot(x, summary["realised_profit_flat"] / 1e4, "^:", label="everyone realised")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("ten-thousand yuan")
+    ax.set_title("Expected vs realised profit")
+    ax.legend(fontsize=7)
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    figs["profit"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for d in run.dates:
+        if not math.isnan(d.discrimination.auc):
+            ax.plot(d.discrimination.fpr, d.discrimination.tpr, lw=1,
+                    label=f"{d.as_of} AUC {d.discrimination.auc:.2f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.5)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC of the default probability (labeled)")
+    ax.legend(fontsize=6)
+    figs["roc"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    if x:
+        ax.plot(x, summary["auc"].astype(float), "o-", label="AUC")
+        ax.plot(x, summary["ks"].astype(float), "s-", label="KS")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Default model discrimination as of each date")
+    ax.legend(fontsize=7)
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    figs["auc-ks"] = _png(fig)
+
+    psi = psi_frame(result)
+    fig, ax = plt.subplots(figsize=(9, 7))
+    if len(psi):
+        grid = psi.assign(step=psi["to"]).pivot_table(index="feature", columns="step", values="psi")
+        im = ax.imshow(np.clip(grid.to_numpy(), 0, 1), aspect="auto", cmap="magma_r", vmin=0, vmax=1)
+        ax.set_yticks(range(len(grid.index)), grid.index, fontsize=6)
+        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=6, rotation=45)
+        fig.colorbar(im, ax=ax, label="PSI vs previous date (clipped at 1)")
+    ax.set_title("Feature drift: PSI between consecutive as-of dates")
+    figs["psi"] = _png(fig)
+
+    alarms = alarms_frame(result)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    months = list(result.drift.total_sales)
+    labels = [_month_label(m) for m in months]
+    ax1.plot(labels, [result.drift.total_sales[m] / _MILLION for m in months], "-", lw=1)
+    for _, a in alarms[alarms["series"] == "total_sales"].iterrows():
+        if a["month"] in labels:
+            ax1.axvline(labels.index(a["month"]), color="r" if a["detector"] == "adwin" else "m", lw=1, ls="--")
+    ax1.set_ylabel("total sales, M yuan")
+    ax1.set_title("Monthly sales and River drift alarms (dashed: portfolio alarms)")
+    per_month = alarms[alarms["series"] != "total_sales"].groupby("month").size()
+    ax2.bar(labels, [int(per_month.get(m, 0)) for m in labels])
+    ax2.set_ylabel("enterprise alarms")
+    ax2.tick_params(axis="x", rotation=90, labelsize=6)
+    figs["drift-alarms"] = _png(fig)
+
+    if result.shocked is not None:
+        figs[SCENARIO_FIGURE] = _scenario_figure(result)
+    return figs
+
+
+def _scenario_figure(result: BacktestResult) -> str:
+    assert result.shocked is not None  # noqa: S101  # only called with a scenario run
+    base, shock = summary_table(result.base), summary_table(result.shocked)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(base["as_of"], base["total_lent"] / _MILLION, "o-", label="base")
+    ax1.plot(shock["as_of"], shock["total_lent"] / _MILLION, "s--", label=result.scenario.name if result.scenario else "scenario")
+    ax1.set_title("Total lent")
+    ax1.set_ylabel("million yuan")
+    ax1.legend(fontsize=7)
+    ax1.tick_params(axis="x", rotation=45, labelsize=7)
+    ax2.plot(base["as_of"], base["realised_profit"] / 1e4, "o-", label="base realised")
+    ax2.plot(shock["as_of"], shock["realised_profit"] / 1e4, "s--", label="scenario realised")
+    ax2.plot(shock["as_of"], shock["expected_profit"] / 1e4, "^:", label="scenario expected")
+    ax2.set_title("Profit, ten-thousand yuan")
+    ax2.legend(fontsize=7)
+    ax2.tick_params(axis="x", rotation=45, labelsize=7)
+    return _png(fig)
+
+
+def summary_json(result: BacktestResult, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``summary.json``."""
+    out: dict[str, Any] = {
+        "config": asdict(result.config),
+        "as_of_dates": [d.isoformat() for d in result.as_of_dates],
+        "dates": [d.row() for d in result.base.dates],
+        "events_applied": result.base.replay.n_events,
+        "duplicates": result.base.replay.n_duplicates,
+        "early_flags": {
+            "threshold": result.config.flag_threshold,
+            "defaulters": len(result.first_flags),
+            "flagged": sum(1 for d in result.first_flags.values() if d is not None),
+            "first_flagged": {e: (d.isoformat() if d else None) for e, d in result.first_flags.items()},
+        },
+        "drift": {
+            "alarms": len(result.drift.alarms),
+            "max_psi": {f"{a}..{b}": max(t.values()) for (a, b), t in result.drift.psi.items() if t},
+        },
+        "timings_s": result.timings_s,
+        "label_caveat": "ratings and defaults are known as of the data set's end (2020-02), not per as-of date; "
+                        "the model bundle was fitted on the same labeled enterprises (in-sample).",
+    }
+    if result.shocked is not None and result.scenario is not None:
+        out["scenario"] = {
+            "name": result.scenario.name,
+            "description": result.scenario.description,
+            "dates": [d.row() for d in result.shocked.dates],
+            "delta_total_lent": [s.total_lent_yuan - b.total_lent_yuan
+                                 for b, s in zip(result.base.dates, result.shocked.dates, strict=True)],
+        }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _table_html(frame: pd.DataFrame, max_rows: int = 40) -> str:
+    shown = frame.head(max_rows)
+    text = shown.to_html(index=False, float_format=lambda v: f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}",
+                         border=0, classes="t")
+    more = f"<p class='note'>{len(frame) - max_rows} more rows in the CSV.</p>" if len(frame) > max_rows else ""
+    return text + more
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}
+table.t{border-collapse:collapse;font-size:.8em}table.t td,table.t th{padding:2px 8px;text-align:right}
+table.t tr:nth-child(even){background:#f4f4f4}.note{font-size:.85em;color:#666}
+"""
+
+
+def render_html(result: BacktestResult, figures: Mapping[str, str], title: str = "riskmon backtest") -> str:
+    """The single self-contained HTML page."""
+    esc = html.escape
+    summary = summary_table(result.base)
+    cfg = result.config
+
+    def fig(fid: str, caption: str, csv: str) -> str:
+        return (f'<figure id="{fid}"><img alt="{esc(caption)}" src="data:image/png;base64,{figures[fid]}">'
+                f"<figcaption>{esc(caption)} (table: <code>{esc(csv)}</code>)</figcaption></figure>")
+
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>As-of dates: {esc(', '.join(d.isoformat() for d in result.as_of_dates))}. Budget "
+        f"{cfg.budget_yuan / _MILLION:,.1f} M yuan, solver <code>{esc(cfg.solver)}</code>, seed {cfg.seed}, "
+        f"LGD {cfg.lgd}. {result.base.replay.n_events:,} invoice events replayed in event-time order.</p>",
+        "<p class='note'>Realised profit: a line of z at rate r earns w&middot;r&middot;z if the enterprise did not "
+        "default and loses w&middot;LGD&middot;z if it did, with w = 1 &minus; churn(r, rating) the expected "
+        "retention. Baselines on the same scores and budget: paper 000's rules (A/B/C at 5.45/5.85/6.25%, D "
+        f"nothing) and lending the same amount to every non-D enterprise at a flat {cfg.flat_rate:.2%}. "
+        "<b>Label caveat</b>: ratings and defaults are known for the 123 labeled enterprises only, as of the "
+        "data set's end, not per date; the model was fitted on the same labels, so these figures are "
+        "in-sample.</p>",
+        "<h2>Summary per as-of date</h2>", _table_html(summary), "<p class='note'>summary.csv</p>",
+        "<h2>Credit lines</h2>",
+        fig("lines-by-rating", "Credit lines by rating over time", "lines.csv"),
+        fig("lines-by-segment", "Credit lines by segment over time", "lines.csv"),
+        fig("lent-vs-budget", "Total lent vs budget, riskmon and both baselines", "summary.csv"),
+        "<h2>Profit</h2>",
+        fig("profit", "Expected vs realised profit", "summary.csv"),
+        "<h2>Default model</h2>",
+        fig("roc", "ROC of the default probability as of each date", "roc.csv"),
+        fig("auc-ks", "AUC and KS as of each date", "summary.csv"),
+        f"<h3>Early warning (threshold {cfg.flag_threshold})</h3>",
+        _table_html(early_flags_frame(result)),
+        "<h2>Drift</h2>",
+        fig("psi", "PSI per feature between consecutive as-of dates", "psi.csv"),
+        fig("drift-alarms", "River drift-detector alarms on monthly sales", "drift_alarms.csv"),
+    ]
+    if result.shocked is not None and SCENARIO_FIGURE in figures:
+        name = result.scenario.name if result.scenario else "scenario"
+        parts += [f"<h2>Scenario: {esc(name)}</h2>",
+                  f"<p>{esc(result.scenario.description if result.scenario else '')}</p>",
+                  fig(SCENARIO_FIGURE, "Base vs scenario", "scenario_summary.csv"),
+                  _table_html(scenario_frame(result))]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def roc_frame(result: BacktestResult) -> pd.DataFrame:
+    rows = [{"as_of": d.as_of.isoformat(), "fpr": f, "tpr": t}
+            for d in result.base.dates for f, t in zip(d.discrimination.fpr, d.discrimination.tpr, strict=True)]
+    return pd.DataFrame(rows, columns=["as_of", "fpr", "tpr"])
+
+
+def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``report.html``, ``summary.json`` and the CSV tables into ``out_dir``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    def csv(name: str, frame: pd.DataFrame) -> None:
+        path = out_dir / name
+        frame.to_csv(path, index=False)
+        paths[name] = path
+
+    csv("summary.csv", summary_table(result.base))
+    csv("lines.csv", lines_table(result.base))
+    csv("roc.csv", roc_frame(result))
+    csv("psi.csv", psi_frame(result))
+    csv("drift_alarms.csv", alarms_frame(result))
+    csv("early_flags.csv", early_flags_frame(result))
+    if result.shocked is not None:
+        csv("scenario_summary.csv", summary_table(result.shocked))
+        csv("scenario_lines.csv", lines_table(result.shocked))
+        csv("scenario_diff.csv", scenario_frame(result))
+    summary = summary_json(result, extra)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    paths["summary.json"] = out_dir / "summary.json"
+    figures = render_figures(result)
+    (out_dir / "report.html").write_text(render_html(result, figures), encoding="utf-8")
+    paths["report.html"] = out_dir / "report.html"
+    return paths
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,128 @@
+"""A whole small backtest (test doubles for scorer/allocator), its scenario overlay and its report."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from streams.backtest.asof import parse_as_of
+from streams.backtest.outcomes import Outcome
+from streams.backtest.report import FIGURES, SCENARIO_FIGURE, write_report
+from streams.backtest.run import BacktestConfig, BacktestResult, run_backtest
+from streams.backtest.scenarios import Scenario, Shock
+from streams.features.names import classify_name
+from tests.unit.backtest.helpers import FeatureScorer, greedy_allocate, invoice, registry
+
+IDS = tuple(f"E{i}" for i in range(1, 13))
+OUTCOMES = {e: Outcome(e, "B" if i % 4 else "D", i % 4 == 0) for i, e in enumerate(IDS[:8])}
+
+
+def _events() -> list:
+    events = []
+    k = 0
+    for month in range(1, 25):
+        day = dt.date(2018 + (month - 1) // 12, (month - 1) % 12 + 1, 10)
+        for i, eid in enumerate(IDS):
+            k += 1
+            amount = 200 * (i + 1) * month if i % 4 else 50
+            events.append(invoice(eid, day, k, amount, "out", counterparty=f"B{k % 5}"))
+            k += 1
+            events.append(invoice(eid, day, k, amount // 2 + 1, "in", counterparty=f"S{k % 3}"))
+    return sorted(events, key=lambda e: e.issue_date)
+
+
+def _run(scenario: Scenario | None = None) -> BacktestResult:
+    events = _events()
+    reg = registry(*IDS, ratings={e: o.rating for e, o in OUTCOMES.items()})
+    industry_of = {e: classify_name(reg.get(e).name)[0] for e in IDS}  # type: ignore[union-attr]
+    dates = parse_as_of("quarterly", events[0].issue_date, events[-1].issue_date)
+    return run_backtest(events, dates, reg, FeatureScorer(), greedy_allocate, OUTCOMES, lambda r, g: 0.25,
+                        BacktestConfig(budget_yuan=2_000_000), scenario=scenario, industry_of=industry_of)
+
+
+def test_realised_profit_follows_the_lines_and_the_outcomes() -> None:
+    result = _run()
+    last = result.base.dates[-1]
+    expected = 0.0
+    for eid, line in last.decision.lines.items():
+        if line.amount_yuan > 0 and eid in OUTCOMES:
+            w = 0.75
+            expected += -w * line.amount_yuan if OUTCOMES[eid].defaulted else w * line.rate * line.amount_yuan
+    assert last.realised.profit_yuan == pytest.approx(expected)
+    assert last.row()["realised_profit"] == pytest.approx(expected)
+    # every date has both baselines evaluated on the same budget
+    for d in result.base.dates:
+        assert d.rules.total_amount_yuan <= 2_000_000
+        assert sum(line.amount_yuan for line in d.flat) <= 2_000_000
+        assert all(line.rating != "D" for line in d.flat)
+
+
+def test_a_default_probability_shock_moves_credit_away_from_the_shocked_industry() -> None:
+    base = _run()
+    shocked_industry = "construction"  # E1, E4, E7, E10 (registry names cycle through three kinds)
+    scenario = Scenario("construction risk", (Shock((shocked_industry,), dt.date(2018, 6, 1),
+                                                     default_probability_multiplier=50.0),))
+    result = _run(scenario)
+    assert result.shocked is not None
+
+    def lent_to(run_dates, industry: str) -> float:
+        last = run_dates[-1]
+        return sum(line.amount_yuan for e, line in last.decision.lines.items()
+                   if last.decision.scores[e].industry == industry)
+
+    assert lent_to(base.base.dates, shocked_industry) > 0
+    assert lent_to(result.shocked.dates, shocked_industry) < lent_to(base.base.dates, shocked_industry)
+    # the base run inside the scenario result is the plain base run
+    assert [d.row() for d in result.base.dates] == [d.row() for d in base.base.dates]
+
+
+def test_a_sales_shock_changes_the_features_from_its_date_only() -> None:
+    scenario = Scenario("sales slump", (Shock(("*",), dt.date(2019, 1, 1), sales_multiplier=0.1),))
+    result = _run(scenario)
+    assert result.shocked is not None
+    for b, s in zip(result.base.replay.snapshots, result.shocked.replay.snapshots, strict=True):
+        if s.as_of < dt.date(2019, 1, 1):
+            assert b.scores == s.scores
+        else:
+            assert any(b.scores[e].default_probability != s.scores[e].default_probability for e in b.scores)
+
+
+class _Figures(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: str | None = None
+        self.images: dict[str, str] = {}
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "figure":
+            self.current = a.get("id")
+        elif tag == "img" and self.current:
+            self.images[self.current] = a.get("src") or ""
+        if tag in ("script", "link") or (tag == "img" and not (a.get("src") or "").startswith("data:")):
+            self.external.append(tag)
+
+
+def test_the_report_is_one_self_contained_file_with_every_plot_and_its_tables(tmp_path: Path) -> None:
+    scenario = Scenario("slump", (Shock(("*",), dt.date(2019, 1, 1), sales_multiplier=0.5),))
+    paths = write_report(_run(scenario), tmp_path)
+    parser = _Figures()
+    parser.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert parser.external == []
+    assert set(FIGURES) | {SCENARIO_FIGURE} <= set(parser.images)
+    for fid, src in parser.images.items():
+        assert src.startswith("data:image/png;base64,"), fid
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n", fid
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    keys = {"as_of", "total_lent", "expected_profit", "realised_profit", "realised_profit_rules",
+            "realised_profit_flat"}
+    assert summary["dates"] and all(keys <= set(row) for row in summary["dates"])
+    for name in ("summary.csv", "lines.csv", "roc.csv", "psi.csv", "drift_alarms.csv", "early_flags.csv",
+                 "scenario_diff.csv"):
+        assert paths[name].stat().st_size > 0, name
