@@ -85,7 +85,9 @@ def solve_closed_form(value: npt.ArrayLike, lo: int, hi: int, budget_steps: int)
         rem = np.zeros_like(k)
     nxt = vs[np.minimum(full, n - 1)]
     objective = lo * prefix[k] + span * prefix[full] + np.where(rem > 0, rem * nxt, 0.0)
-    best_k = int(np.argmax(objective))
+    # Among candidates equal up to rounding (ties in value), take the fewest lines.
+    top = float(objective.max())
+    best_k = int(np.argmax(objective >= top - 1e-12 * max(abs(top), 1.0)))
     f, r = int(full[best_k]), int(rem[best_k])
     chosen = np.full(best_k, lo, dtype=np.int64)
     chosen[:f] = hi
