@@ -7,10 +7,12 @@ rejected, as in the paper ("repeat step 2 if x1 does not satisfy the constraint"
 
 Moves, on the units of :mod:`allocator.units` (enterprises, or segments under the segment policy):
 
-* ``resize``: a new amount for one unit (open, close, jump within bounds or a small step);
-* ``rate``: the next or a random candidate rate for one unit;
-* ``transfer``: take steps from one lent unit (possibly closing it) and give the freed budget
-  to another (possibly opening it), which is what moves the solution once the budget binds.
+* ``resize``: a new amount for one unit (a bound, open, close, jump within bounds, or a small
+  step whose size is geometric with mean about 3 steps);
+* ``rate``: the next or (half the time) a random candidate rate for one unit;
+* ``transfer``: take steps from one lent unit (possibly closing it; half the time a small,
+  geometric number of steps, else uniform) and give the freed budget to another (possibly
+  opening it), which is what moves the solution once the budget binds.
 
 **Objective scaling.** Expected profit is in yuan, whose scale depends on the budget, so the
 paper's temperatures would mean nothing on it directly. Before annealing, 200 proposals are
@@ -138,6 +140,11 @@ def random_steps(units: Units, rng: np.random.Generator) -> tuple[IntArray, IntA
     return np.asarray(state.k, dtype=np.int64), np.asarray(rate_idx, dtype=np.int64)
 
 
+def _small_step(rng: np.random.Generator, span: int) -> int:
+    """A step count in [1, max(1, span)], geometric (mean about 3): small moves fine-tune near the optimum."""
+    return int(min(max(1, span), rng.geometric(0.3)))
+
+
 def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, int]] | None:
     """One proposal as [(unit, new k, new rate index)], or None when it breaks a constraint."""
     n = len(state.k)
@@ -148,12 +155,14 @@ def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, in
         if lo > hi:
             return None
         x = rng.random()
-        if k == 0 or x < 0.3:
+        if x < 0.2:  # a bound: with a linear objective the optimum has all but one unit at a bound
+            new = hi if rng.random() < 0.75 else lo
+        elif k == 0 or x < 0.4:
             new = int(rng.integers(lo, hi + 1))
-        elif x < 0.4:
+        elif x < 0.5:
             new = 0
         else:
-            d = int(rng.integers(1, max(2, (hi - lo) // 10 + 1)))
+            d = _small_step(rng, hi - lo)
             new = k + d if rng.random() < 0.5 else k - d
             if new < lo:
                 new = 0 if rng.random() < 0.5 else lo
@@ -164,7 +173,7 @@ def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, in
     if kind < 0.6:  # rate
         if state.n_rates < 2:
             return None
-        if rng.random() < 0.2:
+        if rng.random() < 0.5:  # a jump: the raw churn curve is not monotone, so profit in r has local maxima
             new_r = int(rng.integers(state.n_rates))
         else:
             new_r = r + (1 if rng.random() < 0.5 else -1)
@@ -178,7 +187,7 @@ def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, in
     kv, lov, hiv = state.k[v], state.lo[v], state.hi[v]
     if lov > hiv or kv >= hiv:
         return None
-    d = int(rng.integers(1, k + 1))
+    d = _small_step(rng, k) if rng.random() < 0.5 else int(rng.integers(1, k + 1))
     new_u = k - d
     if 0 < new_u < lo:
         new_u = 0

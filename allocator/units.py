@@ -133,11 +133,15 @@ def _values(problem: Problem, rates: FloatArray, rating_idx: IntArray, p: FloatA
     x = churn.observed_rates
     table = churn.retention_table(x)  # (4, K+1)
     member_rates = rates[unit_of_member]  # (m, C)
-    ret = np.empty_like(member_rates)
-    for r_idx in range(len(RATINGS)):
-        mask = rating_idx == r_idx
-        if np.any(mask):
-            ret[mask] = np.interp(member_rates[mask], x, table[r_idx])
+    if c.rate_grid == "observed":  # every candidate is an observed rate: read the table, no interpolation
+        inside = (x >= c.rate_min - 1e-12) & (x <= c.rate_max + 1e-12)
+        ret = table[:, inside][rating_idx]
+    else:
+        ret = np.empty_like(member_rates)
+        for r_idx in range(len(RATINGS)):
+            mask = rating_idx == r_idx
+            if np.any(mask):
+                ret[mask] = np.interp(member_rates[mask], x, table[r_idx])
     per_yuan = ret * (member_rates * (1.0 - p)[:, None] - c.lgd * p[:, None])
     return _sum_by_unit(per_yuan, unit_of_member, n_units) * c.step_yuan
 
