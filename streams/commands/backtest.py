@@ -1,0 +1,215 @@
+"""``riskmon backtest``: replay the invoices in event-time order in process and report the decisions.
+
+Runs the live worker's pipeline functions over the in-memory adapters (no Kafka, no
+Redis): :mod:`streams.backtest` does the work, this module reads the inputs, draws the
+progress bars and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+from streams.cli import UserError
+from streams.dataset import DEFAULT_DATA_DIR
+
+SOLVERS = ("exact", "anneal", "rules")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "backtest", help="replay history in process and report the credit decisions as of chosen dates")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="data set folder (default: %(default)s)")
+    parser.add_argument("--bundle", type=Path, required=True, help="trained model bundle (riskmon train --out)")
+    parser.add_argument("--as-of", default="quarterly",
+                        help="YYYY-MM-DD[,YYYY-MM-DD...], 'quarterly' or 'monthly' (default: %(default)s)")
+    parser.add_argument("--budget", type=float, required=True, help="lending budget in yuan")
+    parser.add_argument("--solver", choices=SOLVERS, default="exact")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenario", type=Path, default=None, help="JSON scenario file (industry shocks)")
+    parser.add_argument("--out", type=Path, default=Path("var/backtest"), help="report folder (default: %(default)s)")
+    parser.add_argument("--universe", choices=("all", "labeled"), default="all",
+                        help="enterprises the bank lends to: all of enterprises.csv (as the live worker) or the "
+                             "123 labeled only (every line then has a known outcome)")
+    parser.add_argument("--enterprises", default=None,
+                        help="restrict to these enterprises: E1,E2,... or @FILE with one id per line")
+    parser.add_argument("--lgd", type=float, default=1.0, help="loss given default (default 1)")
+    parser.add_argument("--flat-rate", type=float, default=0.0585, help="rate of the lend-to-everyone baseline")
+    parser.add_argument("--flag-threshold", type=float, default=0.5,
+                        help="default probability at which an enterprise counts as flagged")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def parse_enterprises(spec: str | None) -> set[str] | None:
+    """``E1,E2`` or ``@file`` (one id per line) -> a set of ids; None means all."""
+    if spec is None:
+        return None
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read enterprise list {path}: {exc.strerror}") from None
+        ids = {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    else:
+        ids = {part.strip() for part in spec.split(",") if part.strip()}
+    if not ids:
+        raise UserError("--enterprises names no enterprise")
+    return ids
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def load_sorted_events(data_dir: Path, wanted: Collection[str] | None, advance: Callable[[int], None]) -> tuple[list[Any], int]:
+    """Valid events of the wanted enterprises sorted by issue date (stable), and the rejected count."""
+    from streams.dataset import RejectedRow, iter_events
+
+    events = []
+    rejected = 0
+    n = 0
+    for item in iter_events(data_dir):
+        n += 1
+        if n % 20_000 == 0:
+            advance(20_000)
+        if isinstance(item, RejectedRow):
+            rejected += 1
+        elif wanted is None or item.enterprise_id in wanted:
+            events.append(item)
+    advance(n % 20_000)
+    events.sort(key=lambda e: e.issue_date)
+    return events, rejected
+
+
+def run(args: argparse.Namespace) -> int:
+    from allocator import AllocatorError, ChurnCurves
+    from models.errors import ModelError
+    from streams.adapters.memory import InMemoryRegistry
+    from streams.backtest.asof import parse_as_of
+    from streams.backtest.outcomes import outcomes_from_enterprises
+    from streams.backtest.report import write_report
+    from streams.backtest.run import BacktestConfig, run_backtest
+    from streams.backtest.scenarios import load_scenario
+    from streams.dataset import load_enterprises
+    from streams.features.names import classify_name
+
+    t_start = time.perf_counter()
+    if args.budget <= 0:
+        raise UserError(f"--budget must be a positive number of yuan, got {args.budget}")
+    if not (args.data / "enterprises.csv").exists():
+        raise UserError(f"{args.data} is not a data set folder (no enterprises.csv)")
+    scenario = None
+    if args.scenario is not None:
+        try:
+            scenario = load_scenario(args.scenario)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    try:
+        from models.bundle import load_bundle
+
+        scorer = load_bundle(args.bundle)
+    except (ModelError, FileNotFoundError) as exc:
+        raise UserError(f"cannot load the model bundle {args.bundle}: {exc}") from None
+    try:
+        churn = ChurnCurves.from_csv(args.data / "churn.csv")
+    except (AllocatorError, OSError) as exc:
+        raise UserError(f"cannot read {args.data / 'churn.csv'}: {exc}") from None
+    allocate = make_allocate(churn, lgd=args.lgd)
+
+    enterprises = load_enterprises(args.data)
+    full_registry = InMemoryRegistry.from_data_dir(args.data)
+    wanted = parse_enterprises(args.enterprises)
+    if args.universe == "labeled":
+        labeled = set(enterprises.loc[enterprises["labeled"] == 1, "enterprise_id"])
+        wanted = labeled if wanted is None else wanted & labeled
+    if wanted is not None:
+        unknown = sorted(wanted - full_registry.enterprise_ids())
+        if unknown:
+            raise UserError(f"unknown enterprises: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        registry = InMemoryRegistry(i for e in sorted(wanted) if (i := full_registry.get(e)) is not None)
+    else:
+        registry = full_registry
+    outcomes = {e: o for e, o in outcomes_from_enterprises(enterprises).items() if wanted is None or e in wanted}
+    industry_of = {e: classify_name(full_registry.get(e).name)[0] for e in full_registry.enterprise_ids()}  # type: ignore[union-attr]
+
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("reading + validating invoices", total=None)
+        t0 = time.perf_counter()
+        events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+        load_s = time.perf_counter() - t0
+        if not events:
+            raise UserError("no valid invoice for the chosen enterprises")
+        try:
+            dates = parse_as_of(args.as_of, events[0].issue_date, events[-1].issue_date)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        runs = 2 if scenario is not None and scenario.changes_events else 1
+        replay_task = progress.add_task("replaying in event-time order", total=len(events) * runs)
+        config = BacktestConfig(budget_yuan=args.budget, solver=args.solver, seed=args.seed, lgd=args.lgd,
+                                flat_rate=args.flat_rate, flag_threshold=args.flag_threshold)
+        try:
+            result = run_backtest(events, dates, registry, scorer, allocate, outcomes, churn.churn, config,
+                                  scenario=scenario, industry_of=industry_of,
+                                  on_progress=lambda n: progress.advance(replay_task, n),
+                                  clock=time.perf_counter)
+        except AllocatorError as exc:
+            raise UserError(f"allocator: {exc}") from None
+    n_events = len(events)
+    del events
+    result.timings_s["load_s"] = load_s
+    extra = {
+        "data": str(args.data), "bundle": str(args.bundle), "bundle_version": scorer.version,
+        "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
+        "n_events": n_events, "rejected_rows": rejected,
+        "scenario_file": str(args.scenario) if args.scenario else None,
+    }
+    t_report = time.perf_counter()
+    paths = write_report(result, args.out, extra)
+    result.timings_s["report_s"] = time.perf_counter() - t_report
+    total_s = time.perf_counter() - t_start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = json.loads(paths["summary.json"].read_text(encoding="utf-8"))
+    summary["timings_s"] = {**result.timings_s, "total_s": total_s}
+    summary["peak_rss_mb"] = peak_rss_mb
+    paths["summary.json"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    _print_summary(result, args.out, total_s, peak_rss_mb)
+    return 0
+
+
+def make_allocate(churn: Any, *, lgd: float = 1.0) -> Any:
+    """The live worker's allocator step (``streams.adapters.allocation``) over these churn curves."""
+    from streams.adapters.allocation import make_allocate as live_make_allocate  # the worker's own adapter
+
+    return live_make_allocate(churn, lgd=lgd)
+
+
+def _print_summary(result: Any, out: Path, total_s: float, peak_rss_mb: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="riskmon backtest (realised profit over the labeled enterprises, yuan)")
+    for col in ("as of", "lent", "expected", "realised", "rules", "everyone", "AUC"):
+        table.add_column(col, justify="right")
+    for d in result.base.dates:
+        row = d.row()
+        auc = row["auc"]
+        table.add_row(row["as_of"], f"{row['total_lent']:,.0f}", f"{row['expected_profit']:,.0f}",
+                      f"{row['realised_profit']:,.0f}", f"{row['realised_profit_rules']:,.0f}",
+                      f"{row['realised_profit_flat']:,.0f}", "-" if auc is None else f"{auc:.3f}")
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}  ({total_s:.1f} s, peak RSS {peak_rss_mb:,.0f} MB)")
+
+
+__all__ = ["load_sorted_events", "parse_enterprises", "register", "run"]
