@@ -1,0 +1,75 @@
+"""Prometheus metrics of one worker, on their own registry (several apps can live in one process).
+
+Examples
+--------
+>>> m = Metrics()
+>>> m.dead_letter("json_invalid"); m.freshness([0.5, 1.5])
+>>> m.quantiles()["p50_s"]
+1.0
+>>> b"riskmon_dlq_total" in m.exposition()
+True
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The worker's counters, gauges and histograms (names prefixed ``riskmon_``)."""
+
+    def __init__(self, freshness_samples: int = 200_000) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("riskmon_events", "Invoice messages consumed, by outcome", ["outcome"], registry=r)
+        self.dlq = Counter("riskmon_dlq", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.batches = Counter("riskmon_batches", "Micro-batches processed", registry=r)
+        self.scores = Counter("riskmon_scores_published", "EnterpriseScore messages published", registry=r)
+        self.store_retries = Counter("riskmon_store_retries", "Batches retried after a retriable store error", registry=r)
+        self.batch_latency = Histogram("riskmon_batch_seconds", "Time to process one micro-batch end to end",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.scoring_latency = Histogram("riskmon_scoring_seconds", "Rescoring time per micro-batch (features + model)",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.freshness_hist = Histogram("riskmon_freshness_seconds", "From invoice produced to its score published",
+                                        buckets=_LATENCY_BUCKETS + (60.0, 120.0), registry=r)
+        self.lag = Gauge("riskmon_consumer_lag", "Messages behind the end of the partition", ["partition"], registry=r)
+        self.watermark = Gauge("riskmon_watermark_days", "Event-time watermark (days since 1970-01-01)", registry=r)
+        self.unknown_enterprises = Gauge("riskmon_unknown_enterprises",
+                                         "Scored enterprises unknown to the registry (no credit line)", registry=r)
+        self.allocations = Counter("riskmon_allocations", "Allocator runs that published", registry=r)
+        self.allocator_runtime = Gauge("riskmon_allocator_runtime_seconds", "Solver runtime of the last allocation",
+                                       registry=r)
+        self.allocator_gap = Gauge("riskmon_allocator_gap", "Relative gap to the certified optimum (last run)",
+                                   registry=r)
+        self.allocated = Gauge("riskmon_allocated_yuan", "Total lent by the last allocation", registry=r)
+        self.lines_changed = Counter("riskmon_credit_lines_published", "CreditLine messages published", registry=r)
+        self._fresh: deque[float] = deque(maxlen=freshness_samples)
+
+    def dead_letter(self, reason: str) -> None:
+        self.dlq.labels(reason=reason).inc()
+
+    def freshness(self, seconds: Iterable[float]) -> None:
+        for s in seconds:
+            self._fresh.append(s)
+            self.freshness_hist.observe(s)
+
+    def quantiles(self) -> dict[str, float | int]:
+        """Exact freshness quantiles over the retained samples."""
+        if not self._fresh:
+            return {"n": 0}
+        a = np.fromiter(self._fresh, dtype=np.float64)
+        return {"n": int(a.size), "p50_s": float(np.quantile(a, 0.5)), "p99_s": float(np.quantile(a, 0.99)),
+                "max_s": float(a.max())}
+
+    def reset_freshness(self) -> None:
+        self._fresh.clear()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format."""
+        return generate_latest(self.registry)
