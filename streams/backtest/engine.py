@@ -29,18 +29,18 @@ Examples
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES
-from models.scoring import Scorer
+from models.scoring import Score, Scorer, ScoringBatch
 from streams.adapters.memory import InMemoryCreditLineStore, InMemoryFeatureStore
 from streams.events import AllocationSummary, CreditLine, EnterpriseScore, InvoiceEvent
-from streams.pipeline import Allocate, allocation_id_for, apply_events, build_batch, rescore, run_allocation
-from streams.ports import EnterpriseRegistry, FeatureStore
+from streams.pipeline import Allocate, allocation_id_for, apply_events, rescore, run_allocation
+from streams.ports import EnterpriseInfo, EnterpriseRegistry, FeatureStore
 
 T = TypeVar("T")
 
@@ -102,7 +102,10 @@ def chunk_by_as_of(
 class Snapshot:
     """Every enterprise seen by ``as_of``: its features and its score as of that date.
 
-    ``numeric`` is (len(enterprise_ids), len(NUMERIC_FEATURES)), raw feature values.
+    ``numeric`` is (len(enterprise_ids), len(NUMERIC_FEATURES)): the raw feature values
+    the scorer was given. ``blind_scores`` are the scores of the ``blind_ids`` enterprises
+    with their known ratings hidden from the scorer (the model must rate them itself, as
+    for an unrated client): the honest view of the default model on labeled enterprises.
     """
 
     as_of: dt.date
@@ -110,20 +113,68 @@ class Snapshot:
     numeric: np.ndarray
     scores: Mapping[str, EnterpriseScore]
     n_events: int
+    blind_scores: Mapping[str, EnterpriseScore] = field(default_factory=dict)
+
+
+class _RecordingScorer:
+    """Passes batches to the scorer and keeps their numeric features (what the model saw)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self._scorer = scorer
+        self.rows: dict[str, np.ndarray] = {}
+
+    @property
+    def version(self) -> str:
+        return self._scorer.version
+
+    def score_many(self, batch: ScoringBatch) -> list[Score]:
+        for i, eid in enumerate(batch.enterprise_ids):
+            self.rows[eid] = batch.numeric[i]
+        return self._scorer.score_many(batch)
+
+
+class HiddenRatings:
+    """A registry that knows the enterprises but hides their ratings (see ``Snapshot.blind_scores``).
+
+    Examples
+    --------
+    >>> from streams.adapters.memory import InMemoryRegistry
+    >>> HiddenRatings(InMemoryRegistry([EnterpriseInfo("E1", "n", "A")])).get("E1").rating is None
+    True
+    """
+
+    def __init__(self, registry: EnterpriseRegistry) -> None:
+        self._registry = registry
+
+    def get(self, enterprise_id: str) -> EnterpriseInfo | None:
+        info = self._registry.get(enterprise_id)
+        return None if info is None else EnterpriseInfo(info.enterprise_id, info.name, None)
+
+    def enterprise_ids(self) -> set[str]:
+        return self._registry.enterprise_ids()
 
 
 def take_snapshot(
     store: FeatureStore, registry: EnterpriseRegistry, scorer: Scorer, as_of: dt.date, n_events: int,
     *, score_transform: Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore]] | None = None,
+    blind_ids: Collection[str] = (),
 ) -> Snapshot:
     """Rescore every enterprise in ``store`` as of ``as_of`` (the pipeline's :func:`rescore`)."""
     ids = tuple(sorted(store.enterprise_ids()))
-    scores = rescore(ids, store, registry, scorer, as_of=as_of, now=end_of_day(as_of))
+    recorder = _RecordingScorer(scorer)
+    now = end_of_day(as_of)
+    scores = rescore(ids, store, registry, recorder, as_of=as_of, now=now)
     if score_transform is not None:
         scores = score_transform(scores, as_of)
-    batch = build_batch(store.load_many(list(ids)), registry, as_of) if ids else None
-    numeric = batch.numeric if batch is not None else np.zeros((0, len(NUMERIC_FEATURES)))
-    return Snapshot(as_of, ids, numeric, {s.enterprise_id: s for s in scores}, n_events)
+    numeric = (np.stack([recorder.rows[e] for e in ids]) if ids else np.zeros((0, len(NUMERIC_FEATURES))))
+    blind: list[EnterpriseScore] = []
+    wanted = sorted(set(blind_ids) & set(ids))
+    if wanted:
+        blind = rescore(wanted, store, HiddenRatings(registry), scorer, as_of=as_of, now=now)
+        if score_transform is not None:
+            blind = score_transform(blind, as_of)
+    return Snapshot(as_of, ids, numeric, {s.enterprise_id: s for s in scores}, n_events,
+                    {s.enterprise_id: s for s in blind})
 
 
 @dataclass(slots=True)
@@ -146,6 +197,7 @@ def replay(
     score_transform: Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore]] | None = None,
     chunk: int = DEFAULT_CHUNK,
     on_progress: Callable[[int], None] | None = None,
+    blind_ids: Collection[str] = (),
 ) -> ReplayResult:
     """Fold ``events`` (event-time order) into an in-memory store and snapshot at each as-of date.
 
@@ -157,6 +209,7 @@ def replay(
     event_transform : a scenario's change to each event before it is folded (e.g. lower sales).
     score_transform : a scenario's change to each snapshot's scores (e.g. a higher default risk).
     on_progress : called with the number of events of each applied batch.
+    blind_ids : enterprises also scored with their ratings hidden (``Snapshot.blind_scores``).
     """
     store = InMemoryFeatureStore()
     snapshots: list[Snapshot] = []
@@ -170,7 +223,8 @@ def replay(
             if on_progress is not None:
                 on_progress(len(batch))
         else:
-            snapshots.append(take_snapshot(store, registry, scorer, as_of, n_events, score_transform=score_transform))
+            snapshots.append(take_snapshot(store, registry, scorer, as_of, n_events,
+                                           score_transform=score_transform, blind_ids=blind_ids))
     return ReplayResult(snapshots, store, n_events, n_dup)
 
 
@@ -183,6 +237,7 @@ class DateDecision:
     changed: tuple[CreditLine, ...]
     summary: AllocationSummary
     scores: Mapping[str, EnterpriseScore] = field(default_factory=dict)
+    blind_scores: Mapping[str, EnterpriseScore] = field(default_factory=dict)
 
 
 def allocate_snapshots(
@@ -213,5 +268,5 @@ def allocate_snapshots(
         )
         published.put_many(outcome.changed)
         out.append(DateDecision(snap.as_of, dict(outcome.lines), tuple(outcome.changed), outcome.summary,
-                                snap.scores))
+                                snap.scores, snap.blind_scores))
     return out

@@ -59,6 +59,7 @@ class DateResult:
     realised_rules: Realised
     realised_flat: Realised
     discrimination: Discrimination
+    discrimination_blind: Discrimination
 
     @property
     def total_lent_yuan(self) -> float:
@@ -86,6 +87,8 @@ class DateResult:
             "lines_to_defaulters_flat": self.realised_flat.n_lines_defaulted,
             "auc": _none_if_nan(self.discrimination.auc),
             "ks": _none_if_nan(self.discrimination.ks),
+            "auc_blind": _none_if_nan(self.discrimination_blind.auc),
+            "ks_blind": _none_if_nan(self.discrimination_blind.ks),
             "n_labeled_scored": self.discrimination.n,
         }
 
@@ -120,6 +123,7 @@ class BacktestResult:
     base: RunResult
     drift: DriftReport
     first_flags: Mapping[str, dt.date | None]
+    first_flags_blind: Mapping[str, dt.date | None]
     outcomes: Mapping[str, Outcome]
     scenario: Scenario | None = None
     shocked: RunResult | None = None
@@ -157,12 +161,16 @@ def evaluate_decisions(
         kw = {"churn": churn, "lgd": config.lgd, "churn_multiplier": mult}
         labeled = [(s.default_probability, outcomes[e].defaulted) for e, s in sorted(d.scores.items()) if e in outcomes]
         disc = roc_ks([p for p, _ in labeled], [y for _, y in labeled])
+        blind = [(s.default_probability, outcomes[e].defaulted) for e, s in sorted(d.blind_scores.items())
+                 if e in outcomes]
+        disc_blind = roc_ks([p for p, _ in blind], [y for _, y in blind])
         out.append(DateResult(
             d.as_of, d, rules, flat,
             realised_profit(lines_of(d), outcomes, **kw),  # type: ignore[arg-type]
             realised_profit(rules_lines, outcomes, **kw),  # type: ignore[arg-type]
             realised_profit(flat, outcomes, **kw),  # type: ignore[arg-type]
             disc,
+            disc_blind,
         ))
     return out
 
@@ -249,10 +257,11 @@ def run_backtest(
         t0 = tick()
         if base is None:
             rep = replay(events, dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
-                         chunk=config.chunk, on_progress=on_progress)
+                         chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes))
         else:  # the events are unchanged: reuse the base features, re-apply the score shock only
             snaps = [Snapshot(s.as_of, s.enterprise_ids, s.numeric,
-                              {x.enterprise_id: x for x in sc_t(list(s.scores.values()), s.as_of)}, s.n_events)
+                              {x.enterprise_id: x for x in sc_t(list(s.scores.values()), s.as_of)}, s.n_events,
+                              {x.enterprise_id: x for x in sc_t(list(s.blind_scores.values()), s.as_of)})
                      for s in base.snapshots]
             rep = ReplayResult(snaps, base.store, base.n_events, base.n_duplicates)
         t1 = tick()
@@ -274,10 +283,13 @@ def run_backtest(
     drift = drift_report(base.replay.snapshots, base.replay.store, last)
     history = {s.as_of: {e: x.default_probability for e, x in s.scores.items()} for s in base.replay.snapshots}
     flags = first_flag_dates(history, outcomes, config.flag_threshold)
+    blind_history = {s.as_of: {e: x.default_probability for e, x in s.blind_scores.items()}
+                     for s in base.replay.snapshots}
+    flags_blind = first_flag_dates(blind_history, outcomes, config.flag_threshold)
     timings["drift_s"] = tick() - t0
     shocked = None
     if scenario is not None:
         ev_t = event_transform(scenario, industry_of or {}) if scenario.changes_events else None
         shocked = one_run(ev_t, score_transform(scenario), None if ev_t else base.replay, "scenario")
-    return BacktestResult(config, dates, base, drift, flags, outcomes, scenario, shocked, timings)
+    return BacktestResult(config, dates, base, drift, flags, flags_blind, outcomes, scenario, shocked, timings)
 

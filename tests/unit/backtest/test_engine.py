@@ -109,6 +109,16 @@ def test_out_of_order_events_are_refused() -> None:
         list(chunk_by_as_of(days, [], key=lambda d: d))
 
 
+def test_blind_scores_hide_the_known_rating_from_the_scorer() -> None:
+    reg = registry("E1", "E2", ratings={"E1": "D", "E2": "A"})
+    events = [invoice("E1", dt.date(2019, 1, 10), 1, 900_000), invoice("E2", dt.date(2019, 1, 11), 2, 10)]
+    snap = replay(events, [dt.date(2019, 1, 31)], reg, FeatureScorer(), blind_ids=["E1", "E9"]).snapshots[0]
+    assert snap.scores["E1"].rating == "D" and snap.scores["E1"].rating_known
+    assert set(snap.blind_scores) == {"E1"}
+    assert snap.blind_scores["E1"].rating == "A" and not snap.blind_scores["E1"].rating_known
+    assert snap.blind_scores["E1"].default_probability == snap.scores["E1"].default_probability
+
+
 def test_redelivered_events_are_counted_as_duplicates() -> None:
     ev = invoice("E1", dt.date(2019, 1, 10), 1)
     result = replay([ev, ev], [dt.date(2019, 1, 31)], registry("E1"), FeatureScorer())

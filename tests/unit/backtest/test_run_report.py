@@ -121,7 +121,7 @@ def test_the_report_is_one_self_contained_file_with_every_plot_and_its_tables(tm
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n", fid
     summary = json.loads((tmp_path / "summary.json").read_text())
     keys = {"as_of", "total_lent", "expected_profit", "realised_profit", "realised_profit_rules",
-            "realised_profit_flat"}
+            "realised_profit_flat", "auc", "auc_blind"}
     assert summary["dates"] and all(keys <= set(row) for row in summary["dates"])
     for name in ("summary.csv", "lines.csv", "roc.csv", "psi.csv", "drift_alarms.csv", "early_flags.csv",
                  "scenario_diff.csv"):
