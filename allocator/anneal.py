@@ -16,7 +16,9 @@ Moves, on the units of :mod:`allocator.units` (enterprises, or segments under th
 
 **Objective scaling.** Expected profit is in yuan, whose scale depends on the budget, so the
 paper's temperatures would mean nothing on it directly. Before annealing, 200 proposals are
-drawn from the initial state and the mean profit loss ``d`` of the worsening ones is measured;
+drawn from the initial state and the median profit loss ``d`` of the worsening ones is measured
+(the median, not the mean: closing a large segment costs orders of magnitude more than a
+typical move, and a mean would make the whole schedule a random walk);
 the objective is then expressed in units of ``d / (t0 * ln(1 / acceptance_at_t0))`` yuan, so that
 at ``t0`` a typical worsening move is accepted with probability ``acceptance_at_t0`` (0.8),
 and at ``t_end = t0 / 10^4`` with probability ``0.8^(10^4)``, i.e. never: the schedule spans
@@ -191,8 +193,14 @@ def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, in
     new_u = k - d
     if 0 < new_u < lo:
         new_u = 0
-    slack = state.u.budget_steps - state.used + state.weight[u] * (k - new_u)
+    freed = k - new_u
+    slack = state.u.budget_steps - state.used + state.weight[u] * freed
     give = min(hiv - kv, slack // state.weight[v])
+    if state.cap:  # also the room left in v's concentration groups, counting what u frees there
+        freed_in = dict(state.groups[u])
+        for g, count in state.groups[v]:
+            room = state.cap[g] - state.group_use[g] + freed_in.get(g, 0) * freed
+            give = min(give, room // count)
     new_v = kv + give
     if give <= 0 or (kv == 0 and new_v < lov):
         return None
@@ -229,7 +237,7 @@ def anneal_units(units: Units, *, seed: int = 0, t0: float = 100.0, t_end: float
             d = _delta(state, change)
             if d < 0:
                 losses.append(-d)
-    typical = float(np.mean(losses)) if losses else max(abs(state.objective), 1.0) * 1e-4
+    typical = float(np.median(losses)) if losses else max(abs(state.objective), 1.0) * 1e-4
     unit_yuan = typical / (t0 * math.log(1.0 / acceptance_at_t0))
 
     best = state.objective

@@ -198,3 +198,21 @@ def test_exact_handles_100k_enterprises_quickly() -> None:
     result = solve_exact(problem)
     assert result.total_amount_yuan == 500_000_000
     assert result.runtime_s < 5.0  # generous: a bound for CI on 2 shared cores; the benchmark measures it
+
+
+@pytest.mark.parametrize("budget", [50_000_000, 70_000_000, 100_000_000])
+def test_anneal_within_a_thousandth_on_the_real_labeled(budget: int) -> None:
+    """The 123 labeled, default probability = smoothed default rate of the rating (a model-free proxy)."""
+    import pandas as pd
+
+    from tests.unit.allocator.strategies import CHURN_CSV
+
+    ent = pd.read_csv(CHURN_CSV.parent / "enterprises.csv")
+    lab = ent[ent["labeled"] == 1]
+    stats = lab.groupby("rating")["defaulted"].agg(["sum", "count"])
+    proxy = {r: (s + 0.5) / (c + 1) for r, (s, c) in stats.iterrows()}
+    apps = [Applicant(e, r, float(proxy[r])) for e, r in zip(lab["enterprise_id"], lab["rating"])]
+    problem = make_problem(apps, budget, CURVES)
+    result = solve_anneal(problem, seed=0)
+    check_invariants(problem, result)
+    assert result.gap is not None and result.gap <= 1e-3
