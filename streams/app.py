@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
@@ -82,7 +82,6 @@ class IngestLoop:
         s = self.ctx.settings
         self.producer = make_producer(s.kafka)
         self.consumer = AIOKafkaConsumer(
-            s.topics.invoices,
             group_id=s.kafka.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -96,6 +95,7 @@ class IngestLoop:
         )
         await self.producer.start()
         await self.consumer.start()
+        self.consumer.subscribe([s.topics.invoices], listener=_Rebalance(self))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the batch in flight (its offsets are committed), then close the clients."""
@@ -199,6 +199,25 @@ class IngestLoop:
                 raise
 
 
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On any rebalance, forget cached features: another worker may have written those enterprises."""
+
+    def __init__(self, ingest: IngestLoop) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._invalidate("revoked", revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._invalidate("assigned", assigned)
+
+    def _invalidate(self, what: str, tps: Any) -> None:
+        invalidate = getattr(self.ingest.ctx.features, "invalidate", None)
+        if invalidate is not None:
+            invalidate()
+        log.info("partitions %s: %s", what, sorted(f"{tp.topic}/{tp.partition}" for tp in tps))
+
+
 class AllocatorStep:
     """One allocator run over the current scores; publishes changed lines and the summary."""
 
@@ -273,7 +292,9 @@ def build_context(settings: Settings) -> WorkerContext:
     registry.put_many([info for e in sorted(source.enterprise_ids()) if (info := source.get(e)) is not None])
     scorer = load_bundle(settings.bundle_dir)
     churn = ChurnCurves.from_csv(settings.data_dir / "churn.csv")
-    return WorkerContext(settings=settings, features=RedisFeatureStore(client, prefix),
+    from streams.adapters.cached import CachedFeatureStore
+
+    return WorkerContext(settings=settings, features=CachedFeatureStore(RedisFeatureStore(client, prefix)),
                          scores=RedisScoreStore(client, prefix), lines=RedisCreditLineStore(client, prefix),
                          registry=registry, scorer=scorer, allocate=make_allocate(churn))
 

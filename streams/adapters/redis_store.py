@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -36,25 +37,47 @@ from streams.ports import DeltaItem, EnterpriseInfo
 from streams.settings import RedisSettings
 
 KEY_VERSION: Final = "v1"
+_WHITESPACE: Final = re.compile(r"\s")
 
-# KEYS: seen, counters, meta.  ARGV: name ('' = none), then per event: event_id, n_pairs, k1, v1, ...
+# KEYS: seen, counters, meta.  ARGV: name ('' = none), then per event: event_id, "k1 v1 k2 v2 ..."
+# (counter names never hold whitespace: counterparty ids are validated to exclude it).
 # Returns one flag per event: 1 applied, 0 duplicate.
 _APPLY_LUA: Final = """
 local name = ARGV[1]
 local flags = {}
-local i = 2
-while i <= #ARGV do
-  local event_id = ARGV[i]
-  local n = tonumber(ARGV[i + 1])
-  if redis.call('SADD', KEYS[1], event_id) == 1 then
-    for j = 0, n - 1 do
-      redis.call('HINCRBY', KEYS[2], ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j])
+local sums = {}
+local order = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    local key = nil
+    for token in string.gmatch(ARGV[i + 1], '%S+') do
+      if key == nil then
+        key = token
+      else
+        local cur = sums[key]
+        if #token > 15 then
+          -- beyond 15 digits a Lua double is not exact: let Redis add the 64-bit integer itself
+          redis.call('HINCRBY', KEYS[2], key, token)
+        elseif cur == nil then
+          order[#order + 1] = key
+          sums[key] = tonumber(token)
+        elseif math.abs(cur) > 4e15 then
+          redis.call('HINCRBY', KEYS[2], key, string.format('%d', cur))
+          sums[key] = tonumber(token)
+        else
+          sums[key] = cur + tonumber(token)
+        end
+        key = nil
+      end
     end
     flags[#flags + 1] = 1
   else
     flags[#flags + 1] = 0
   end
-  i = i + 2 + 2 * n
+end
+-- one HINCRBY per distinct counter of the batch (sums stay below 2^53, where doubles are exact)
+for _, key in ipairs(order) do
+  redis.call('HINCRBY', KEYS[2], key, string.format('%d', sums[key]))
 end
 if name ~= '' then redis.call('HSETNX', KEYS[3], 'name', name) end
 return flags
@@ -128,14 +151,12 @@ class RedisFeatureStore:
             pipe = self._r.pipeline(transaction=False)
             for eid, indices in groups.items():
                 name = next((items[i].name for i in indices if items[i].name), None) or ""
-                args: list[str | int] = [name]
+                args: list[str] = [name]
                 for i in indices:
-                    delta = items[i].delta
+                    if any(_WHITESPACE.search(key) for key in items[i].delta):
+                        raise ValueError(f"counter names must not contain whitespace: {sorted(items[i].delta)}")
                     args.append(items[i].event_id)
-                    args.append(len(delta))
-                    for key, inc in delta.items():
-                        args.append(key)
-                        args.append(int(inc))
+                    args.append(" ".join(f"{key} {int(inc)}" for key, inc in items[i].delta.items()))
                 self._apply(keys=[self._k.ent(eid, "seen"), self._k.ent(eid, "counters"), self._k.ent(eid, "meta")],
                             args=args, client=pipe)
             pipe.sadd(self._k.glob("enterprises"), *groups)

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     assert isinstance(settings, Settings)  # noqa: S101
     if not (settings.bundle_dir / "manifest.json").exists():
         raise UserError(f"no model bundle at {settings.bundle_dir}; train one: riskmon train --out {settings.bundle_dir}")
+    import torch
+
+    torch.set_num_threads(settings.worker.torch_threads)
     try:
         ctx = build_context(settings)
         created = asyncio.run(ensure_topics(settings.kafka, settings.topics))

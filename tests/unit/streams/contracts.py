@@ -73,6 +73,13 @@ class FeatureStoreContract:
         assert (state.counters, state.seen, state.name) == ({"n": 1}, set(), "nm")
         assert empty.counters == {} and empty.enterprise_id == "E9"
 
+    def test_huge_counters_stay_exact(self, store) -> None:
+        big = 9_000_000_000_000_123
+        items = [DeltaItem("E1", f"h{i}", {"amt": big if i % 2 else -big + 1, "n": 1}) for i in range(6)]
+        store.apply_many(items)
+        store.apply_many([DeltaItem("E1", f"s{i}", {"amt": 3_000_000_000_000_001}) for i in range(3)])
+        assert store.load("E1").counters == {"amt": 3 * (big + (-big + 1)) + 9_000_000_000_000_003, "n": 6}
+
     def test_name_is_kept_once(self, store) -> None:
         store.apply_many([DeltaItem("E1", "a", {"n": 1}, name="***科技有限公司"), DeltaItem("E1", "b", {"n": 1}, name="other")])
         assert store.load("E1").name == "***科技有限公司"

@@ -38,3 +38,28 @@ def test_registry_from_real_data() -> None:
     unrated = [registry.get(e) for e in registry.enterprise_ids() if registry.get(e).rating is None]  # type: ignore[union-attr]
     assert len(unrated) == 302
     assert registry.get("E999") is None
+
+
+class TestCachedFeatureStore(FeatureStoreContract):
+    @pytest.fixture
+    def store(self):  # type: ignore[no-untyped-def]
+        from streams.adapters.cached import CachedFeatureStore
+
+        return CachedFeatureStore(InMemoryFeatureStore())
+
+
+def test_cache_follows_the_inner_store_under_redelivery_and_evicts() -> None:
+    from streams.adapters.cached import CachedFeatureStore
+    from streams.ports import DeltaItem
+
+    inner = InMemoryFeatureStore()
+    store = CachedFeatureStore(inner, max_entries=2)
+    for n in range(50):
+        items = [DeltaItem(f"E{n % 3}", f"ev{n % 20}", {"n": 1, f"k{n % 4}": n}, name=f"name{n % 3}")]
+        store.apply_many(items + items)
+        for state in store.load_many(["E0", "E1", "E2"], with_seen=False):
+            assert state.counters == inner.load(state.enterprise_id).counters
+            assert state.name == inner.load(state.enterprise_id).name
+    assert store.hits > 0 and store.misses > 0
+    store.invalidate()
+    assert store.load_many(["E1"], with_seen=False)[0].counters == inner.load("E1").counters
