@@ -189,15 +189,25 @@ def run_services(*args: str, env: dict[str, str] | None = None, timeout: float =
     )
 
 
+def shared_ports(kafka_bootstrap: str, redis_url: str) -> dict[str, str]:
+    """scripts/services' port settings for the services the fixtures point at."""
+    from urllib.parse import urlparse
+
+    return {
+        "RISKMON_KAFKA_PORT": kafka_bootstrap.split(",")[0].rpartition(":")[2],
+        "RISKMON_REDIS_PORT": str(urlparse(redis_url).port or 6379),
+    }
+
+
 def test_status_exits_zero_when_both_answer(kafka_bootstrap: str, redis_url: str) -> None:
-    result = run_services("status")
+    result = run_services("status", env=shared_ports(kafka_bootstrap, redis_url))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "kafka  up" in result.stdout and "redis  up" in result.stdout
 
 
 def test_up_when_already_up_is_quiet_and_fast(kafka_bootstrap: str, redis_url: str) -> None:
     start = time.monotonic()
-    result = run_services("up")
+    result = run_services("up", env=shared_ports(kafka_bootstrap, redis_url))
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -265,4 +275,4 @@ def test_second_instance_on_other_ports_up_status_down(tmp_path: Path, kafka_boo
     after = run_services("status", env=env)
     assert after.returncode == 1 and "kafka  down" in after.stdout and "redis  down" in after.stdout
     # the shared services are still up
-    assert run_services("status").returncode == 0
+    assert run_services("status", env=shared_ports(kafka_bootstrap, redis_url)).returncode == 0
