@@ -167,13 +167,14 @@ def build_units(problem: Problem) -> Units:
     member_ids = np.flatnonzero(lendable_member)
 
     if problem.policy == "enterprise":
-        keys = member_ids
         unit_of_member = np.arange(member_ids.size)
+        n_cand = int(member_ids.size)
     else:
-        seg = np.asarray([apps[i].segment for i in member_ids], dtype=object)
-        keys_arr, unit_of_member = np.unique(seg.astype(str), return_inverse=True) if seg.size else (np.array([]), np.zeros(0, dtype=np.int64))
-        keys = np.arange(len(keys_arr))
-    n_cand = len(keys)
+        segments = [apps[i].segment for i in member_ids.tolist()]
+        names = sorted(set(segments))
+        index = {name: j for j, name in enumerate(names)}
+        unit_of_member = np.asarray([index[s] for s in segments], dtype=np.int64)
+        n_cand = len(names)
     rating_idx = rating_idx_all[member_ids]
     p = p_all[member_ids]
     rates = candidate_rates(problem, rating_idx, p, unit_of_member, n_cand)

@@ -102,12 +102,8 @@ def kprototype_segments(profile: pd.DataFrame, ratings: pd.Series, k: int = 4, s
     return pd.Series([f"seg{int(v)}" for v in labels], index=ratings.index)
 
 
-def real_applicants(args: argparse.Namespace) -> tuple[list[Applicant], dict[str, Any]]:
-    if args.scores:
-        from streams.commands.allocate import read_applicants
-
-        apps = read_applicants(Path(args.scores))
-        return apps, {"source": f"scores file {args.scores}", "n": len(apps)}
+def proxy_applicants() -> tuple[list[Applicant], dict[str, Any]]:
+    """The 123 labeled with the rating proxy, k-prototypes segments and invoice strength/stability."""
     ent = pd.read_csv(DATA / "enterprises.csv").set_index("enterprise_id")
     proxy = rating_proxy(ent.reset_index())
     lab = ent[ent["labeled"] == 1]
@@ -118,6 +114,19 @@ def real_applicants(args: argparse.Namespace) -> tuple[list[Applicant], dict[str
     return apps, {"source": "123 labeled; default probability = smoothed empirical default rate per rating (proxy)",
                   "rating_proxy": proxy, "segment_proxy": "k-prototypes k=4 over invoice aggregates + rating",
                   "n": len(apps), "segment_sizes": dict(collections.Counter(segments))}
+
+
+def scored_applicants(path: Path) -> tuple[list[Applicant], list[Applicant]]:
+    """All rows of a ``riskmon score`` CSV, and those whose rating is known (the labeled)."""
+    from streams.commands.allocate import read_applicants
+
+    apps = read_applicants(path)
+    frame = pd.read_csv(path, dtype={"enterprise_id": str})
+    if "rating_known" in frame.columns:
+        known_ids = set(frame.loc[frame["rating_known"].astype(str).str.lower().isin(["true", "1"]), "enterprise_id"])
+    else:
+        known_ids = set()
+    return apps, [a for a in apps if a.enterprise_id in known_ids]
 
 
 def synthetic(n: int, seed: int) -> list[Applicant]:
@@ -169,25 +178,9 @@ def fmt_m(yuan: float) -> str:
     return f"{yuan / M:8.2f}M"
 
 
-# ----------------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scores", default=None, help="CSV of scores (enterprise_id, rating, default_probability, segment)")
-    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_allocator.json")
-    parser.add_argument("--quick", action="store_true", help="skip the slowest runs (random start with 5 000 moves, n = 10^5 anneal)")
-    args = parser.parse_args(argv)
-
-    curves = ChurnCurves.from_csv(DATA / "churn.csv")
-    report: dict[str, Any] = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                                          "cpus": __import__("os").cpu_count()}}
-    t = time.perf_counter()
-    apps, source = real_applicants(args)
-    source["input_prep_s"] = time.perf_counter() - t
-    report["input"] = source
-    print(f"input: {source['source']} (n = {source['n']}, prepared in {source['input_prep_s']:.1f} s)")
-
+def real_data_experiments(apps: list[Applicant], curves: ChurnCurves, *, quick: bool) -> dict[str, Any]:
+    """Paper 004's and paper 000's experiment shapes and annealing-vs-exact gaps on one input set."""
+    report: dict[str, Any] = {}
     # 1. paper 004: 70 M, segment policy
     seg_problem = make_problem(apps, 70 * M, curves, policy="segment")
     seg_exact = solve_exact(seg_problem)
@@ -235,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         ("segment", {}, {"init": "random", "moves_per_temperature": 100}),
         ("segment", {}, {"init": "random", "moves_per_temperature": 1000}),
     ]
-    if args.quick:
+    if quick:
         variants = [v for v in variants if v[2]["moves_per_temperature"] <= 1000]
     seeds = range(3)
     for budget in (50 * M, 70 * M, 100 * M):
@@ -253,6 +246,38 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label} optimum {exact.expected_profit_yuan / 1e4:8.2f}万  greedy gap {row['greedy_start_gap']:.2e}  "
                   f"anneal max gap {row['anneal_max_gap']:.2e} over {len(runs)} seeds  {row['anneal_runtime_s']:.2f} s/run")
     report["anneal_vs_exact"] = gaps
+
+    return report
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scores", default=None, help="CSV of scores (enterprise_id, rating, default_probability, segment)")
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_allocator.json")
+    parser.add_argument("--quick", action="store_true", help="skip the slowest runs (random start with 5 000 moves, n = 10^5 anneal)")
+    args = parser.parse_args(argv)
+
+    curves = ChurnCurves.from_csv(DATA / "churn.csv")
+    report: dict[str, Any] = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
+                                          "cpus": __import__("os").cpu_count()}}
+    t = time.perf_counter()
+    proxy_apps, source = proxy_applicants()
+    source["input_prep_s"] = time.perf_counter() - t
+    report["proxy_input"] = source
+    inputs: list[tuple[str, list[Applicant]]] = [("labeled123_rating_proxy", proxy_apps)]
+    if args.scores:
+        scored, known = scored_applicants(Path(args.scores))
+        report["scores_input"] = {"file": args.scores, "n": len(scored), "n_rating_known": len(known)}
+        inputs += [(f"model_scores_all{len(scored)}", scored), (f"model_scores_labeled{len(known)}", known)]
+    print(f"proxy input: {source['source']} (n = {source['n']}, prepared in {source['input_prep_s']:.1f} s)")
+
+    report["inputs"] = {}
+    for label, apps in inputs:
+        print(f"\n######## input set: {label} (n = {len(apps)})")
+        report["inputs"][label] = real_data_experiments(apps, curves, quick=args.quick)
 
     # 4. exact on 100 000 synthetic enterprises
     print("\n== exact solver on synthetic enterprises ==")

@@ -58,10 +58,11 @@ def test_exact_invariants_and_only_profitable_lines(apps: list[Applicant], budge
 
 
 @FAST
-@given(applicant_lists(max_size=25), budgets, st.integers(0, 2**31 - 1), st.sampled_from(["enterprise", "segment"]))
+@given(applicant_lists(max_size=25), budgets, st.integers(0, 2**31 - 1), st.sampled_from(["enterprise", "segment"]),
+       st.sampled_from(["observed", "continuous"]))
 def test_anneal_invariants_never_beats_exact_and_is_seeded(apps: list[Applicant], budget: int, seed: int,
-                                                           policy: str) -> None:
-    problem = make_problem(apps, budget, CURVES, policy=policy)  # type: ignore[arg-type]
+                                                           policy: str, grid: str) -> None:
+    problem = make_problem(apps, budget, CURVES, policy=policy, rate_grid=grid)  # type: ignore[arg-type]
     a = solve_anneal(problem, seed=seed, moves_per_temperature=30)
     check_invariants(problem, a)
     exact = solve_exact(problem)
