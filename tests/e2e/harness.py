@@ -1,0 +1,161 @@
+"""Run real ``riskmon worker`` processes against real Kafka and Redis, and read back what they wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.settings import KafkaSettings, Settings, TopicSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """One isolated riskmon deployment: unique topics, consumer group, Redis prefix."""
+
+    name: str
+    kafka_bootstrap: str
+    redis_url: str
+    redis_prefix: str
+    bundle_dir: Path
+    budget_yuan: float = 5_000_000.0
+    interval_s: float = 2.0
+    partitions: int = 4
+    log_dir: Path = field(default_factory=lambda: ROOT / "var" / "test-logs")
+
+    def topics(self) -> TopicSettings:
+        return TopicSettings(partitions=self.partitions).prefixed(f"{self.name}-")
+
+    def settings(self) -> Settings:
+        return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=self.name,
+                        kafka=KafkaSettings(bootstrap=self.kafka_bootstrap, group_id=f"{self.name}-workers"),
+                        topics=self.topics())
+
+    def env(self, metrics_port: int) -> dict[str, str]:
+        t = self.topics()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RISKMON_")}
+        env.update({
+            "RISKMON_APP_ID": self.name,
+            "RISKMON_KAFKA__BOOTSTRAP": self.kafka_bootstrap,
+            "RISKMON_KAFKA__GROUP_ID": f"{self.name}-workers",
+            "RISKMON_REDIS__URL": self.redis_url,
+            "RISKMON_REDIS__PREFIX": self.redis_prefix.rstrip(":"),
+            "RISKMON_TOPICS__INVOICES": t.invoices, "RISKMON_TOPICS__DLQ": t.dlq,
+            "RISKMON_TOPICS__SCORES": t.scores, "RISKMON_TOPICS__CREDIT_LINES": t.credit_lines,
+            "RISKMON_TOPICS__ALLOCATIONS": t.allocations, "RISKMON_TOPICS__PARTITIONS": str(self.partitions),
+            "RISKMON_BUNDLE_DIR": str(self.bundle_dir),
+            "RISKMON_ALLOCATOR__BUDGET_YUAN": str(self.budget_yuan),
+            "RISKMON_ALLOCATOR__INTERVAL_S": str(self.interval_s),
+            "RISKMON_WORKER__METRICS_PORT": str(metrics_port),
+            "RISKMON_STATE_DIR": str(ROOT / "var" / "faust-test"),
+        })
+        return env
+
+
+class WorkerProcess:
+    """A ``riskmon worker`` child process with its own /health port and log file."""
+
+    def __init__(self, deployment: Deployment, tag: str) -> None:
+        self.port = free_port()
+        deployment.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = deployment.log_dir / f"{deployment.name}-{tag}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
+            cwd=ROOT, env=deployment.env(self.port), stdout=self._log, stderr=subprocess.STDOUT)
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:  # noqa: S310
+                return json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def allocate(self) -> dict[str, Any] | None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/allocate", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:  # noqa: S310
+            return r.read().decode()
+
+    def wait_ready(self, timeout_s: float = 90.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            h = self.health()
+            return h if h and h.get("partitions") else None
+        return wait_for(ready, timeout_s, f"worker ready (log: {self.log_path})", self)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, worker: WorkerProcess | None = None,
+             every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited ({worker.proc.returncode}) while waiting for {what}:\n{worker.log_tail()}")
+        time.sleep(every_s)
+    tail = f"\n{worker.log_tail()}" if worker is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{tail}")
+
+
+def publish(deployment: Deployment, records: list[Any], *, rate: float | None = None) -> float:
+    from streams.commands.replay import publish as replay_publish
+
+    settings = deployment.settings()
+    return asyncio.run(replay_publish(records, settings, settings.topics.invoices, rate=rate, speed=None,
+                                      progress=False))
+
+
+def read(deployment: Deployment, topic: str) -> list[tuple[str | None, bytes, int]]:
+    from streams.adapters.kafka import read_topic
+
+    return asyncio.run(read_topic(deployment.settings().kafka, topic, timeout_s=20))
