@@ -1,0 +1,121 @@
+"""The ingest loop on real Kafka and Redis: malformed messages land in the DLQ with reasons and their
+coordinates, the valid ones around them are applied and scored, and offsets are committed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+
+import redis
+
+from allocator import ChurnCurves
+from models.bundle import load_bundle
+from streams.adapters.allocation import make_allocate
+from streams.adapters.kafka import make_producer, read_topic
+from streams.adapters.memory import InMemoryRegistry
+from streams.adapters.redis_store import RedisCreditLineStore, RedisFeatureStore, RedisScoreStore
+from streams.app import AllocatorStep, IngestLoop, WorkerContext
+from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
+from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
+from streams.features.fold import fold_all
+from streams.settings import KafkaSettings, Settings, TopicSettings, WorkerSettings
+from tests.bundle_fixture import get_test_bundle
+from tests.unit.streams.test_pipeline import MALFORMED
+
+
+def _settings(unique_name: str, kafka_bootstrap: str) -> Settings:
+    return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=unique_name,
+                    kafka=KafkaSettings(bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g"),
+                    topics=TopicSettings(partitions=2).prefixed(f"{unique_name}-"),
+                    worker=WorkerSettings(batch_size=50, batch_within_s=0.1, metrics_port=0))
+
+
+async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
+        unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(unique_name, kafka_bootstrap)
+    t = settings.topics
+    for name in (t.invoices, t.dlq, t.scores, t.credit_lines, t.allocations):
+        topic_factory(partitions=2, name=name)
+    valid = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 300) if not isinstance(e, RejectedRow)]
+    client = redis.Redis.from_url(redis_url)
+    prefix = redis_prefix.rstrip(":")
+    ctx = WorkerContext(
+        settings=settings, features=RedisFeatureStore(client, prefix), scores=RedisScoreStore(client, prefix),
+        lines=RedisCreditLineStore(client, prefix), registry=InMemoryRegistry.from_data_dir(DEFAULT_DATA_DIR),
+        scorer=load_bundle(get_test_bundle()),
+        allocate=make_allocate(ChurnCurves.from_csv(DEFAULT_DATA_DIR / "churn.csv")))
+    # interleave: every malformed message sits between valid ones, on the same keys
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    sent_bad: dict[bytes, str] = {}
+    try:
+        bad = list(MALFORMED.items())
+        for i, ev in enumerate(valid):
+            await producer.send_and_wait(t.invoices, ev.model_dump_json().encode(), key=ev.enterprise_id.encode())
+            if i % 10 == 5 and bad:
+                name, raw = bad.pop()
+                await producer.send_and_wait(t.invoices, raw, key=ev.enterprise_id.encode())
+                sent_bad[raw] = name
+        assert not bad
+        # a redelivered copy of valid events (a producer retry): changes nothing
+        for ev in valid[:20]:
+            await producer.send_and_wait(t.invoices, ev.model_dump_json().encode(), key=ev.enterprise_id.encode())
+    finally:
+        await producer.stop()
+
+    loop = IngestLoop(ctx)
+    await loop.start()
+    runner = asyncio.create_task(loop.run())
+    total = len(valid) + len(MALFORMED) + 20
+    try:
+        for _ in range(300):
+            if loop.processed >= total:
+                break
+            await asyncio.sleep(0.1)
+        assert loop.processed == total
+        summary = await AllocatorStep(ctx).run(loop.producer)  # type: ignore[arg-type]
+    finally:
+        await loop.stop()
+        await runner
+
+    dead = [DeadLetter.model_validate_json(v) for _, v, _ in await read_topic(settings.kafka, t.dlq)]
+    assert len(dead) == len(MALFORMED)
+    by_raw = {base64.b64decode(d.raw_base64): d for d in dead}
+    assert set(by_raw) == set(sent_bad)
+    for raw, d in by_raw.items():
+        assert d.reason and d.error and d.source_topic == t.invoices and d.source_offset >= 0
+        assert d.source_partition in (0, 1) and d.key is not None
+    assert by_raw[MALFORMED["inconsistent_total"]].reason == "event:amount + tax != total"
+    assert by_raw[MALFORMED["empty"]].reason == "empty"
+    counts = {line.split("{")[1]: float(line.split()[-1]) for line in ctx.metrics.exposition().decode().splitlines()
+              if line.startswith("riskmon_dlq_total{")}
+    assert sum(counts.values()) == len(MALFORMED)
+
+    # the valid events are all applied, once
+    expected = fold_all(valid)
+    store = RedisFeatureStore(client, prefix)
+    for state in store.load_many(sorted(expected)):
+        assert state.counters == expected[state.enterprise_id].counters
+    assert store.watermark() == max(e.issue_date for e in valid)
+
+    scores = {k: EnterpriseScore.model_validate_json(v) for k, v, _ in await read_topic(settings.kafka, t.scores)}
+    assert set(scores) == set(expected)
+    assert summary is not None and isinstance(summary, AllocationSummary)
+    lines = [CreditLine.model_validate_json(v) for _, v, _ in await read_topic(settings.kafka, t.credit_lines)]
+    assert {line.enterprise_id for line in lines} == set(expected)
+
+    # offsets were committed: a new loop in the same group finds nothing left to do
+    again = IngestLoop(ctx)
+    await again.start()
+    runner = asyncio.create_task(again.run())
+    for _ in range(200):  # until the group hands it the partitions
+        if again.consumer is not None and again.consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
+    assigned = again.consumer.assignment() if again.consumer is not None else set()
+    await asyncio.sleep(1.5)
+    await again.stop()
+    await runner
+    assert len(assigned) == 2 and again.processed == 0
+    assert ctx.metrics.quantiles()["n"] > 0  # freshness was measured for the scored messages
