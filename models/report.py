@@ -144,6 +144,10 @@ def write_report(out_dir: Path, metrics: Mapping[str, Any], plots: Mapping[str, 
              "## Cross-validated results\n", cv_tables(metrics)]
     if "holdout" in metrics:
         parts.append("## Holdout\n\n```\n" + str(metrics["holdout"]) + "\n```\n")
+    if "unlabeled" in metrics:
+        u = metrics["unlabeled"]
+        parts.append(f"## The {u['n']} unlabeled enterprises\n\nPredicted ratings: {u['predicted_ratings']}; "
+                     f"mean default probability {_num(u['mean_default_probability'])} ({u['path']}).\n")
     sel = metrics.get("selection", {})
     if sel:
         parts.append(f"## Selected features ({len(sel['selected'])})\n\n" + ", ".join(f"`{c}`" for c in sel["selected"])

@@ -199,6 +199,13 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
     timings["segments"] = time.perf_counter() - t
     metrics["segments"] = {"costs": costs, "k": k, "knee_rule": "max distance below the chord of the scaled cost curve",
                            "profiles": profiles}
+    unl = [j for j, i in enumerate(fit_rows) if data.ratings[i] is None]
+    metrics["unlabeled"] = {
+        "n": len(unl),
+        "predicted_ratings": {r: sum(ratings_all[j] == r for j in unl) for r in RATINGS},
+        "mean_default_probability": float(np.mean(pd_all[unl])) if unl else None,
+        "path": "rating = CNN argmax; default probability = rating-aware net fed the CNN's A..D probabilities",
+    }
     plots["segment_costs"] = costs
     plots["segment_profiles"] = profiles
     plots["segment_matrix"] = (x_all, labels, list(selection.selected))
