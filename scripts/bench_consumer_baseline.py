@@ -9,6 +9,7 @@ and prints JSON: messages/s and MB/s of the produce step and of each consumer va
     python scripts/bench_consumer_baseline.py --limit 200000      # a slice
     python scripts/bench_consumer_baseline.py --topic T --no-produce   # read an existing topic
     python scripts/bench_consumer_baseline.py --modes getmany --decode none,json,pydantic
+    python scripts/bench_consumer_baseline.py --parallel 1,2,4     # N consumer processes splitting partitions
 
 Needs the services (scripts/services up). The worker benchmark should call
 ``benchlib.consume_baseline`` on the very topic the worker reads, in the same run, and report the
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compression", default=None, choices=[None, "gzip", "lz4", "snappy", "zstd"])
     ap.add_argument("--modes", default="getmany,iter", help="consumer variants: getmany (batches), iter (async for)")
     ap.add_argument("--decode", default="none", help="comma list of none,json,pydantic (decode each message)")
+    ap.add_argument(
+        "--parallel", default="1,2", help="also read with N plain consumers in N processes (comma list; 0: skip)"
+    )
     ap.add_argument("--no-cache", action="store_true", help="do not cache the encoded invoices under var/bench")
     return ap.parse_args(argv)
 
@@ -85,6 +89,24 @@ async def run(args: argparse.Namespace) -> dict:
                     file=sys.stderr,
                 )
         result["consume"] = runs
+        parallel = []
+        for n in [int(x) for x in args.parallel.split(",") if x.strip() and int(x) > 0]:
+            stats_p = await asyncio.get_running_loop().run_in_executor(
+                None, benchlib.parallel_baseline, args.bootstrap, topic, n
+            )
+            parallel.append(stats_p)
+            print(
+                f"parallel consumers={stats_p['consumers']}: {stats_p['messages']} msgs in {stats_p['seconds']:.2f} s"
+                f" = {stats_p['msgs_per_s']:,.0f} msg/s",
+                file=sys.stderr,
+            )
+        if parallel:
+            result["parallel"] = parallel
+            one = next((p for p in parallel if p["consumers"] == 1), None)
+            if one:
+                result["parallel_speedup"] = {
+                    str(p["consumers"]): round(p["msgs_per_s"] / one["msgs_per_s"], 2) for p in parallel
+                }
     finally:
         if not args.keep_topic and not args.no_produce:
             await benchlib.delete_topic(args.bootstrap, topic)

@@ -352,5 +352,96 @@ async def consume_baseline(
     )
 
 
+def _partition_reader(
+    bootstrap: str, topic: str, partitions: list[int], barrier: Any, out: Any, timeout_s: float
+) -> None:
+    """Child process of :func:`parallel_baseline`: read ``partitions`` from the beginning to their end."""
+
+    async def read() -> tuple[int, int, float, float]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            begin = await consumer.beginning_offsets(tps)
+            expected = sum(end[tp] - begin[tp] for tp in tps)
+            await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+            start = time.perf_counter()
+            n = nbytes = 0
+            deadline = time.monotonic() + timeout_s
+            while n < expected and time.monotonic() < deadline:
+                for msgs in (await consumer.getmany(timeout_ms=1000, max_records=10000)).values():
+                    for m in msgs:
+                        nbytes += len(m.value) + (len(m.key) if m.key else 0)
+                    n += len(msgs)
+            return n, nbytes, start, time.perf_counter()
+        finally:
+            await consumer.stop()
+
+    try:
+        out.put(("ok", partitions, *asyncio.run(read())))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        out.put(("error", partitions, repr(exc)))
+        barrier.abort()
+
+
+def parallel_baseline(bootstrap: str, topic: str, consumers: int, timeout_s: float = 600.0) -> dict[str, Any]:
+    """``consumers`` plain aiokafka consumers in separate processes, partitions split round-robin.
+
+    Each process reads its partitions from the beginning (getmany, no decoding); they start together
+    (a barrier) and the aggregate rate is all messages over (last finish - common start). Compare it
+    with ``consumers=1`` on the same topic for the plain-consumer speed-up.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    probe = asyncio.run(_partition_ids(bootstrap, topic))
+    groups = [probe[i::consumers] for i in range(consumers)]
+    groups = [g for g in groups if g]
+    barrier = ctx.Barrier(len(groups))
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_partition_reader, args=(bootstrap, topic, g, barrier, out, timeout_s)) for g in groups
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=timeout_s + 60) for _ in procs]
+    for proc in procs:
+        proc.join()
+    errors = [r for r in results if r[0] != "ok"]
+    if errors:
+        raise RuntimeError(f"parallel baseline failed: {errors}")
+    n = sum(r[2] for r in results)
+    nbytes = sum(r[3] for r in results)
+    seconds = max(r[5] for r in results) - min(r[4] for r in results)
+    return {
+        "topic": topic,
+        "consumers": len(groups),
+        "partitions": [r[1] for r in results],
+        "messages": n,
+        "bytes": nbytes,
+        "seconds": round(seconds, 3),
+        "msgs_per_s": round(n / seconds, 1),
+        "mb_per_s": round(nbytes / seconds / 1e6, 2),
+        "per_consumer_msgs_per_s": [round(r[2] / (r[5] - r[4]), 1) for r in results],
+    }
+
+
+async def _partition_ids(bootstrap: str, topic: str) -> list[int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [desc] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in desc["partitions"])
+
+
 def as_dict(stats: ProduceStats | ConsumeStats) -> dict[str, Any]:
     return asdict(stats)

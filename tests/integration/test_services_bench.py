@@ -64,3 +64,15 @@ async def test_iter_mode_reads_the_same_count(kafka_bootstrap: str, topic_factor
     await benchlib.produce(kafka_bootstrap, topic, records, acks="all")
     got = await benchlib.consume_baseline(kafka_bootstrap, topic, mode="iter", decode="json")
     assert (got.messages, got.mode, got.decode) == (500, "iter", "json")
+
+
+def test_parallel_baseline_splits_partitions_and_reads_everything(kafka_bootstrap: str, topic_factory) -> None:
+    import asyncio
+
+    records = benchlib.load_invoice_records(limit=1000, cache_dir=None)
+    topic = topic_factory(partitions=4)
+    asyncio.run(benchlib.produce(kafka_bootstrap, topic, records))
+    stats = benchlib.parallel_baseline(kafka_bootstrap, topic, consumers=2, timeout_s=60)
+    assert stats["consumers"] == 2 and stats["messages"] == 1000
+    assert sorted(p for group in stats["partitions"] for p in group) == [0, 1, 2, 3]
+    assert stats["bytes"] == sum(len(k) + len(v) for k, v in records)
