@@ -163,8 +163,10 @@ class IngestLoop:
         m.scoring_latency.observe(t1 - t0)
         if outcome.applied.watermark is not None:
             m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
+        assigned = self.consumer.assignment() if self.consumer is not None else set()
         for tp, msgs in batch.items():
-            assert self.consumer is not None  # noqa: S101
+            if tp not in assigned or self.consumer is None:  # revoked by a rebalance meanwhile
+                continue
             hw = self.consumer.highwater(tp)
             if hw is not None and msgs:
                 m.lag.labels(partition=str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
@@ -332,7 +334,8 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
         assigned = sorted(tp.partition for tp in ingest.consumer.assignment()) if ingest.consumer else []
         return {"status": status, "leader": app.is_leader(), "partitions": assigned, "processed": ingest.processed,
                 "batches": ingest.batches, "watermark": watermark, "bundle_version": ctx.scorer.version,
-                "last_allocation": allocator.last_summary.allocation_id if allocator.last_summary else None}
+                "last_allocation": allocator.last_summary.allocation_id if allocator.last_summary else None,
+                "freshness": ctx.metrics.quantiles()}
 
     async def allocate_now() -> dict[str, Any]:
         if not app.is_leader() or ingest.producer is None:

@@ -41,9 +41,11 @@ class Deployment:
     interval_s: float = 2.0
     partitions: int = 4
     log_dir: Path = field(default_factory=lambda: ROOT / "var" / "test-logs")
+    invoices_topic: str | None = None  # share an existing invoices topic (benchmarks)
 
     def topics(self) -> TopicSettings:
-        return TopicSettings(partitions=self.partitions).prefixed(f"{self.name}-")
+        topics = TopicSettings(partitions=self.partitions).prefixed(f"{self.name}-")
+        return topics.model_copy(update={"invoices": self.invoices_topic}) if self.invoices_topic else topics
 
     def settings(self) -> Settings:
         return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=self.name,
@@ -109,6 +111,16 @@ class WorkerProcess:
             h = self.health()
             return h if h and h.get("partitions") else None
         return wait_for(ready, timeout_s, f"worker ready (log: {self.log_path})", self)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the worker process now (Linux /proc)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Benchmarks of the live pipeline on the real data, real Kafka and real Redis (``scripts/services up``).
+
+Phases (each with its own consumer group and Redis prefix, all in one run so ratios compare like with like):
+
+1. full replay end to end: one worker running while every invoice (event-time order) is published;
+   time from the first message produced to the last one applied in Redis; worker peak RSS;
+2. baseline: a plain aiokafka consumer (scripts/benchlib.consume_baseline) reading the same topic;
+3. one worker on the pre-filled topic: invoices/s through ingest -> Redis features -> rescoring -> scores;
+4. two workers (one consumer group) on the same 4-partition topic: speed-up over phase 3;
+5. freshness: a fresh worker, invoices produced at a steady rate (default 1 000/s) for a bounded time;
+   p50/p99 from produced (Kafka CreateTime) to the batch's scores acknowledged by the broker.
+
+Writes ``artifacts/bench_stream.json``. Example: ``scripts/bench_stream.py --limit 300000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import benchlib  # noqa: E402
+import redis  # noqa: E402
+
+from streams.dataset import DEFAULT_DATA_DIR, load_enterprises  # noqa: E402
+from streams.replay import replay_records  # noqa: E402
+from tests.e2e.harness import Deployment, WorkerProcess, publish, wait_for  # noqa: E402
+
+
+def applied_count(client: redis.Redis, prefix: str, enterprises: list[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for e in enterprises:
+        pipe.scard(f"{prefix}:v1:{{{e}}}:seen")
+    return int(sum(pipe.execute()))
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        super().__init__(daemon=True)
+        self.workers, self.peak_mb, self._halt = workers, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak_mb = max([self.peak_mb] + [w.rss_mb() for w in self.workers])
+            time.sleep(0.5)
+
+    def stop(self) -> float:
+        self._halt.set()
+        self.join()
+        return self.peak_mb
+
+
+def run_workers(dep: Deployment, n_workers: int, n_expected: int, enterprises: list[str], client: redis.Redis,
+                *, produce: Any = None, timeout_s: float = 900) -> dict[str, Any]:
+    """Start workers, optionally produce while they run, wait until ``n_expected`` events are applied."""
+    prefix = dep.redis_prefix.rstrip(":")
+    workers = [WorkerProcess(dep, f"w{i}") for i in range(n_workers)]
+    sampler = RssSampler(workers)
+    try:
+        for w in workers:
+            w.wait_ready(120)
+        if n_workers > 1:  # every worker holds partitions: the group has settled
+            wait_for(lambda: all((h := w.health()) and h.get("partitions") for w in workers)
+                     and sum(len(w.health()["partitions"]) for w in workers) == dep.partitions, 120, "rebalance")
+        sampler.start()
+        t0 = time.perf_counter()
+        produce_s = produce() if produce is not None else None
+        first = None
+        while True:
+            n = applied_count(client, prefix, enterprises)
+            if first is None and n > 0:
+                first = time.perf_counter()
+            if n >= n_expected:
+                break
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"timed out: {n}/{n_expected} applied")
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise RuntimeError(f"worker died:\n{w.log_tail()}")
+            time.sleep(0.2)
+        t_done = time.perf_counter()
+        health = [w.health() for w in workers]
+        peak = sampler.stop()
+    finally:
+        if sampler.is_alive() and not sampler._halt.is_set():
+            sampler.stop()
+        for w in workers:
+            w.stop()
+    return {"workers": n_workers, "events": n_expected, "seconds": t_done - t0,
+            "seconds_from_first_applied": t_done - (first or t0),
+            "events_per_s": n_expected / (t_done - t0), "produce_seconds": produce_s,
+            "peak_rss_mb": peak, "health": health}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, help="only the first N invoices in event-time order (default: all)")
+    parser.add_argument("--bundle", type=Path, default=REPO / "var" / "bundle")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--freshness-rate", type=float, default=1000.0)
+    parser.add_argument("--freshness-s", type=float, default=30.0)
+    parser.add_argument("--skip", default="", help="comma-separated phases to skip: full,baseline,one,two,fresh")
+    parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench_stream.json")
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    if not (args.bundle / "manifest.json").exists():
+        print(f"no bundle at {args.bundle}: riskmon train --out {args.bundle}", file=sys.stderr)
+        return 2
+    run_id = uuid.uuid4().hex[:6]
+    client = redis.Redis.from_url(args.redis)
+    enterprises = sorted(load_enterprises(DEFAULT_DATA_DIR)["enterprise_id"])
+    t = time.perf_counter()
+    records = replay_records(DEFAULT_DATA_DIR)
+    if args.limit:
+        records = records[: args.limit]
+    read_s = time.perf_counter() - t
+    # the rows that fail validation go to the DLQ; the others are applied once each
+    from streams.pipeline import Source, ingest
+    from streams.events import InvoiceEvent
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    n_valid = sum(1 for r in records if isinstance(ingest(r.value, Source("x"), now), InvoiceEvent))
+    print(f"{len(records):,} invoices ({n_valid:,} valid), read and sorted in {read_s:.1f} s", flush=True)
+    topic = f"bench-stream-{run_id}-invoices"
+    asyncio.run(benchlib.create_topic(args.bootstrap, topic, 4))
+    result: dict[str, Any] = {"invoices": len(records), "valid": n_valid, "read_sort_s": read_s,
+                              "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                                          "load_average_at_start": __import__("os").getloadavg()},
+                              "topic_partitions": 4}
+
+    def dep(tag: str, invoices: str | None = topic) -> Deployment:
+        return Deployment(f"bench-{run_id}-{tag}", args.bootstrap, args.redis, f"bench-{run_id}-{tag}", args.bundle,
+                          budget_yuan=100_000_000, interval_s=5.0, invoices_topic=invoices)
+
+    def cleanup(d: Deployment) -> None:
+        from streams.adapters.redis_store import clear_prefix
+
+        clear_prefix(client, d.redis_prefix)
+
+    kv = [(r.key.encode(), r.value) for r in records]
+    try:
+        if "full" not in skip:
+            d = dep("full")
+            out = run_workers(d, 1, n_valid, enterprises, client,
+                              produce=lambda: asyncio.run(benchlib.produce(args.bootstrap, topic, kv)).seconds)
+            result["full_replay"] = out
+            print(f"full replay: {out['seconds']:.1f} s end to end (produce {out['produce_seconds']:.1f} s), "
+                  f"worker peak RSS {out['peak_rss_mb']:.0f} MB", flush=True)
+            cleanup(d)
+        else:
+            asyncio.run(benchlib.produce(args.bootstrap, topic, kv))
+        if "baseline" not in skip:
+            base = asyncio.run(benchlib.consume_baseline(args.bootstrap, topic, len(records)))
+            result["baseline_plain_aiokafka"] = benchlib.as_dict(base)
+            print(f"plain aiokafka consumer: {base.msgs_per_s:,.0f} msg/s", flush=True)
+        if "one" not in skip:
+            d = dep("one")
+            out = run_workers(d, 1, n_valid, enterprises, client)
+            result["one_worker"] = out
+            print(f"one worker: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)", flush=True)
+            cleanup(d)
+        if "two" not in skip:
+            d = dep("two")
+            out = run_workers(d, 2, n_valid, enterprises, client)
+            result["two_workers"] = out
+            print(f"two workers: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)", flush=True)
+            cleanup(d)
+        if "fresh" not in skip:
+            n = int(args.freshness_rate * args.freshness_s)
+            fresh_records = records[:n]
+            d = dep("fresh", invoices=None)
+            d_valid = sum(1 for r in fresh_records if isinstance(ingest(r.value, Source("x"), now), InvoiceEvent))
+            out = run_workers(d, 1, d_valid, enterprises, client,
+                              produce=lambda: publish(d, fresh_records, rate=args.freshness_rate))
+            fresh = out["health"][0]["freshness"]
+            result["freshness"] = {"rate_per_s": args.freshness_rate, "seconds": args.freshness_s, "invoices": n, **fresh}
+            print(f"freshness at {args.freshness_rate:,.0f}/s: p50 {fresh.get('p50_s', float('nan')):.3f} s, "
+                  f"p99 {fresh.get('p99_s', float('nan')):.3f} s (n={fresh.get('n')})", flush=True)
+            cleanup(d)
+    finally:
+        asyncio.run(benchlib.delete_topic(args.bootstrap, topic))
+        if "baseline_plain_aiokafka" in result and "one_worker" in result:
+            result["ratio_one_worker_vs_plain"] = (result["one_worker"]["events_per_s"]
+                                                   / result["baseline_plain_aiokafka"]["msgs_per_s"])
+        if "one_worker" in result and "two_workers" in result:
+            result["speedup_two_workers"] = result["two_workers"]["events_per_s"] / result["one_worker"]["events_per_s"]
+        result["load_average_at_end"] = __import__("os").getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k.startswith(("ratio", "speedup"))}, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
