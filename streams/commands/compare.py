@@ -74,7 +74,13 @@ async def read_latest(bootstrap: str, topic: str, timeout_s: float) -> tuple[dic
         end = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while any(await consumer.position(tp) < end[tp] for tp in tps):
+        async def behind() -> bool:
+            for tp in tps:
+                if await consumer.position(tp) < end[tp]:
+                    return True
+            return False
+
+        while await behind():
             if loop.time() > deadline:
                 raise UserError(f"timed out reading {topic} after {timeout_s:.0f} s ({n} messages read)")
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
