@@ -160,7 +160,8 @@ class ChurnCurves:
             return np.ones_like(r)
         if rating not in LENDABLE_RATINGS:
             raise AllocationInputError(f"unknown rating {rating!r}; expected one of A, B, C, D")
-        return np.interp(r, self.observed_rates, np.asarray(self.churn_by_rating[rating], dtype=float))
+        return np.asarray(np.interp(r, self.observed_rates, np.asarray(self.churn_by_rating[rating], dtype=float)),
+                          dtype=float)
 
     def retention_table(self, rates: npt.ArrayLike) -> FloatArray:
         """Retention at ``rates`` for each rating in :data:`RATINGS` order, shape ``(4, len(rates))``."""

@@ -120,8 +120,8 @@ def solve_milp(units: Units, *, time_limit_s: float | None = None) -> tuple[IntA
                    shape=(n, 2 * n)),  # k - hi y <= 0
         coo_matrix((units.weight.astype(float), (np.zeros(n, dtype=int), idx)), shape=(1, 2 * n)),
     ]
-    lower = [np.zeros(n), np.full(n, -np.inf), [-np.inf]]
-    upper = [np.full(n, np.inf), np.zeros(n), [float(units.budget_steps)]]
+    lower: list[npt.NDArray[np.float64]] = [np.zeros(n), np.full(n, -np.inf), np.array([-np.inf])]
+    upper: list[npt.NDArray[np.float64]] = [np.full(n, np.inf), np.zeros(n), np.array([float(units.budget_steps)])]
     if units.group_names:
         g_rows, g_cols, g_vals = [], [], []
         for u, groups in enumerate(units.unit_groups):

@@ -67,9 +67,9 @@ def solve_rules(problem: Problem, *, tau: float = SOFTMAX_TAU) -> Allocation:
         raise AllocationInputError("the rule strategy gives per-enterprise lines; use policy 'enterprise'")
     if c.has_extras:
         raise AllocationInputError("the rule strategy does not support concentration or move caps; use exact or anneal")
-    for rating, rate in RULE_RATES.items():
-        if not c.rate_min - 1e-12 <= rate <= c.rate_max + 1e-12:
-            raise AllocationInputError(f"rule rate {rate} for {rating} lies outside the rate bounds")
+    for rating, rule_rate in RULE_RATES.items():
+        if not c.rate_min - 1e-12 <= rule_rate <= c.rate_max + 1e-12:
+            raise AllocationInputError(f"rule rate {rule_rate} for {rating} lies outside the rate bounds")
     start = time.perf_counter()
     apps = problem.applicants
     n = len(apps)

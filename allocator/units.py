@@ -172,8 +172,8 @@ def build_units(problem: Problem) -> Units:
     else:
         segments = [apps[i].segment for i in member_ids.tolist()]
         names = sorted(set(segments))
-        index = {name: j for j, name in enumerate(names)}
-        unit_of_member = np.asarray([index[s] for s in segments], dtype=np.int64)
+        position = {name: j for j, name in enumerate(names)}
+        unit_of_member = np.asarray([position[s] for s in segments], dtype=np.int64)
         n_cand = len(names)
     rating_idx = rating_idx_all[member_ids]
     p = p_all[member_ids]

@@ -14,7 +14,7 @@ from allocator.exact import solve_closed_form, solve_milp
 from allocator.units import build_units
 from tests.unit.allocator.strategies import SMALL_CURVES, applicant_lists, real_curves
 
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CURVES = real_curves()
 REL = 1e-9  # floating-point summation noise between two solutions of equal value
 
@@ -63,13 +63,13 @@ def test_exact_invariants_and_only_profitable_lines(apps: list[Applicant], budge
 def test_anneal_invariants_never_beats_exact_and_is_seeded(apps: list[Applicant], budget: int, seed: int,
                                                            policy: str, grid: str) -> None:
     problem = make_problem(apps, budget, CURVES, policy=policy, rate_grid=grid)  # type: ignore[arg-type]
-    a = solve_anneal(problem, seed=seed, moves_per_temperature=30)
+    a = solve_anneal(problem, seed=seed, moves_per_temperature=20)
     check_invariants(problem, a)
     exact = solve_exact(problem)
     assert a.optimum_yuan == pytest.approx(exact.expected_profit_yuan, rel=REL, abs=1e-6)
     assert a.expected_profit_yuan <= exact.expected_profit_yuan + REL * abs(exact.expected_profit_yuan) + 1e-6
     assert a.gap is not None and a.gap >= -REL
-    b = solve_anneal(problem, seed=seed, moves_per_temperature=30)
+    b = solve_anneal(problem, seed=seed, moves_per_temperature=20)
     assert a.lines == b.lines and a.trace == b.trace
 
 
