@@ -10,9 +10,10 @@ Moves, on the units of :mod:`allocator.units` (enterprises, or segments under th
 * ``resize``: a new amount for one unit (a bound, open, close, jump within bounds, or a small
   step whose size is geometric with mean about 3 steps);
 * ``rate``: the next or (half the time) a random candidate rate for one unit;
-* ``transfer``: take steps from one lent unit (possibly closing it; half the time a small,
-  geometric number of steps, else uniform) and give the freed budget to another (possibly
-  opening it), which is what moves the solution once the budget binds.
+* ``transfer``: take steps from one lent unit (possibly closing it) and give the freed budget
+  to another (possibly opening it), which is what moves the solution once the budget binds.
+  The steps taken are, when the receiver is closed, half the time exactly what it needs to
+  open at its lower bound; otherwise a small geometric number or a uniform one.
 
 **Objective scaling.** Expected profit is in yuan, whose scale depends on the budget, so the
 paper's temperatures would mean nothing on it directly. Before annealing, 200 proposals are
@@ -189,7 +190,14 @@ def _propose(state: _State, rng: np.random.Generator) -> list[tuple[int, int, in
     kv, lov, hiv = state.k[v], state.lo[v], state.hi[v]
     if lov > hiv or kv >= hiv:
         return None
-    d = _small_step(rng, k) if rng.random() < 0.5 else int(rng.integers(1, k + 1))
+    spare = state.u.budget_steps - state.used
+    room_needed = lov * state.weight[v] - spare
+    if kv == 0 and room_needed > 0 and rng.random() < 0.5:
+        d = min(k, -(-room_needed // state.weight[u]))  # exactly what v needs to open at its lower bound
+    elif rng.random() < 0.5:
+        d = _small_step(rng, k)
+    else:
+        d = int(rng.integers(1, k + 1))
     new_u = k - d
     if 0 < new_u < lo:
         new_u = 0
