@@ -25,7 +25,7 @@ def make_baselines(seed: int) -> dict[str, Any]:
         "naive_bayes": GaussianNB(),
         "logistic_regression": LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"),
         "decision_tree": DecisionTreeClassifier(max_depth=4, min_samples_leaf=3, class_weight="balanced", random_state=seed),
-        "random_forest": RandomForestClassifier(n_estimators=200, min_samples_leaf=2, class_weight="balanced_subsample",
+        "random_forest": RandomForestClassifier(n_estimators=100, min_samples_leaf=2, class_weight="balanced_subsample",
                                                 random_state=seed, n_jobs=1),
         "bagging": BaggingClassifier(DecisionTreeClassifier(min_samples_leaf=2), n_estimators=50, random_state=seed, n_jobs=1),
         "lightgbm": lgb.LGBMClassifier(n_estimators=150, learning_rate=0.05, num_leaves=8, min_child_samples=5,

@@ -58,6 +58,35 @@ class EvalConfig:
     cnn: RatingCNNConfig = field(default_factory=RatingCNNConfig)
     default_models: tuple[str, ...] = DEFAULT_MODELS
     rating_models: tuple[str, ...] = RATING_MODELS
+    n_jobs: int = 1  # folds evaluated in this many worker processes (each fold is seeded on its own)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def map_folds(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], n_jobs: int,
+              progress: Progress, label: str) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, in ``n_jobs`` forked processes when > 1; same results either way."""
+    total = len(jobs)
+    if n_jobs <= 1 or total <= 1:
+        out = []
+        for k, job in enumerate(jobs):
+            progress(f"{label} fold {k + 1}/{total}")
+            out.append(fn(*job))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"), initializer=_init_worker) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        out = []
+        for k, future in enumerate(futures):
+            out.append(future.result())
+            progress(f"{label} fold {k + 1}/{total}")
+        return out
 
 
 def one_hot_ratings(rating_index: np.ndarray) -> np.ndarray:
@@ -150,9 +179,11 @@ def default_cv(numeric: np.ndarray, rating_index: np.ndarray, defaulted: np.ndar
     splitter = RepeatedStratifiedKFold(n_splits=config.n_splits, n_repeats=config.n_repeats, random_state=seed)
     folds: dict[str, dict[str, list[dict[str, float]]]] = {s: {m: [] for m in config.default_models} for s in settings}
     oof = {s: {m: np.full(len(y), np.nan) for m in config.default_models} for s in settings}
-    for k, (train, test) in enumerate(splitter.split(numeric, y)):
-        progress(f"default CV fold {k + 1}/{config.n_splits * config.n_repeats}")
-        preds = _default_fold(numeric, rating_index, y, train, test, columns, seed + k, config, settings)
+    splits = list(splitter.split(numeric, y))
+    jobs = [(numeric, rating_index, y, train, test, columns, seed + k, config, settings)
+            for k, (train, test) in enumerate(splits)]
+    all_preds = map_folds(_default_fold, jobs, config.n_jobs, progress, "default CV")
+    for k, ((_, test), preds) in enumerate(zip(splits, all_preds, strict=True)):
         for s in settings:
             for m, p in preds[s].items():
                 folds[s][m].append(binary_metrics(y[test], p))
@@ -177,7 +208,8 @@ def shuffled_control(numeric: np.ndarray, defaulted: np.ndarray, columns: Sequen
     """Default CV (invoice only) after permuting the labels: AUC mean/sd per model, expected near 0.5."""
     rng = np.random.default_rng(seed)
     y = rng.permutation(np.asarray(defaulted, dtype=np.int64))
-    cfg = EvalConfig(config.n_splits, config.n_repeats, config.selection_runs, config.net, config.cnn, tuple(models))
+    cfg = EvalConfig(config.n_splits, config.n_repeats, config.selection_runs, config.net, config.cnn, tuple(models),
+                     n_jobs=config.n_jobs)
     result = default_cv(numeric, np.zeros(len(y), dtype=np.int64), y, columns, seed, cfg, settings=("invoice_only",))
     return {m: result.summary["invoice_only"][m]["auc"] for m in models}
 
@@ -201,6 +233,14 @@ def _fit_predict_rating(name: str, seq_tr: np.ndarray, x_tr: np.ndarray, y_tr: n
         return np.asarray(model.predict(x_te))
 
 
+def _rating_fold(numeric: np.ndarray, sequences: np.ndarray, y: np.ndarray, d: np.ndarray, train: np.ndarray,
+                 test: np.ndarray, columns: Sequence[str], seed: int, config: EvalConfig) -> dict[str, np.ndarray]:
+    pre, selection = fit_inputs(numeric[train], d[train], columns, seed, config.selection_runs)
+    x_tr, x_te = _selected(pre, selection, numeric[train]), _selected(pre, selection, numeric[test])
+    return {m: _fit_predict_rating(m, sequences[train], x_tr, y[train], sequences[test], x_te, seed, config.cnn)
+            for m in config.rating_models}
+
+
 def rating_cv(numeric: np.ndarray, sequences: np.ndarray, rating_index: np.ndarray, defaulted: np.ndarray,
               columns: Sequence[str], seed: int, config: EvalConfig, progress: Progress = _noop) -> RatingCVResult:
     """Repeated stratified CV (stratified by rating) of the rating CNN and the baselines.
@@ -213,12 +253,11 @@ def rating_cv(numeric: np.ndarray, sequences: np.ndarray, rating_index: np.ndarr
     splitter = RepeatedStratifiedKFold(n_splits=config.n_splits, n_repeats=config.n_repeats, random_state=seed)
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in config.rating_models}
     oof = {m: np.full(len(y), -1) for m in config.rating_models}
-    for k, (train, test) in enumerate(splitter.split(numeric, y)):
-        progress(f"rating CV fold {k + 1}/{config.n_splits * config.n_repeats}")
-        pre, selection = fit_inputs(numeric[train], d[train], columns, seed + k, config.selection_runs)
-        x_tr, x_te = _selected(pre, selection, numeric[train]), _selected(pre, selection, numeric[test])
-        for m in config.rating_models:
-            pred = _fit_predict_rating(m, sequences[train], x_tr, y[train], sequences[test], x_te, seed + k, config.cnn)
+    splits = list(splitter.split(numeric, y))
+    jobs = [(numeric, sequences, y, d, train, test, columns, seed + k, config) for k, (train, test) in enumerate(splits)]
+    all_preds = map_folds(_rating_fold, jobs, config.n_jobs, progress, "rating CV")
+    for k, ((_, test), preds) in enumerate(zip(splits, all_preds, strict=True)):
+        for m, pred in preds.items():
             rows[m].append(rating_metrics(y[test], pred))
             if k < config.n_splits:
                 oof[m][test] = pred

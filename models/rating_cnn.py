@@ -40,7 +40,7 @@ class RatingCNNConfig:
     use_static: bool = True
     lr: float = 0.002
     batch_size: int = 16
-    epochs: int = 80
+    epochs: int = 60
     weight_decay: float = 1e-3
 
     def to_dict(self) -> dict[str, Any]:

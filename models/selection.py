@@ -60,7 +60,7 @@ def lightgbm_importance(x: np.ndarray, y: np.ndarray, seed: int, n_runs: int = 1
     total = np.zeros(x.shape[1])
     for run in range(n_runs):
         model = lgb.LGBMClassifier(
-            n_estimators=100, learning_rate=0.05, num_leaves=8, min_child_samples=5,
+            n_estimators=60, learning_rate=0.08, num_leaves=8, min_child_samples=5,
             subsample=0.8, subsample_freq=1, colsample_bytree=0.8, importance_type="gain",
             random_state=seed * 1000 + run, deterministic=True, n_jobs=1, verbose=-1,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.cleaning import Preprocessor
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.evaluation import (
+    DEFAULT_MODELS,
     EvalConfig,
     as_jsonable,
     default_cv,
@@ -157,7 +158,8 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
         if config.control:
             progress("shuffled-label control")
             t = time.perf_counter()
-            control_cfg = EvalConfig(cfg.n_splits, min(cfg.n_repeats, 2), min(cfg.selection_runs, 3), cfg.net, cfg.cnn)
+            control_cfg = replace(cfg, n_repeats=min(cfg.n_repeats, 2), selection_runs=min(cfg.selection_runs, 3),
+                                  default_models=DEFAULT_MODELS)
             metrics["shuffled_control_auc"] = shuffled_control(x_lab, y_def, NUMERIC_FEATURES, seed, control_cfg)
             timings["shuffled_control"] = time.perf_counter() - t
 

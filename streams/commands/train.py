@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import resource
 import time
+from dataclasses import replace
 from collections.abc import Collection
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--holdout", type=Path, help="file of enterprise ids (one a line) excluded from all fitting")
     parser.add_argument("--cv-repeats", type=int, help="repeats of the 5-fold CV (default 5; 2 with --fast)")
     parser.add_argument("--as-of", type=dt.date.fromisoformat, help="feature date (default: last invoice, 2020-02-21)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes for the CV folds (default 2)")
     parser.add_argument("--fast", action="store_true", help="few epochs and 2x2 CV (tests, smoke runs)")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and the figures")
     parser.set_defaults(func=run)
@@ -59,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from models.evaluation import EvalConfig
     from models.training import TrainConfig, train
     from streams.features.batch import LAST_INVOICE_DATE, build_feature_table
 
@@ -68,13 +69,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no enterprises.csv in {args.data} (expected a folder laid out like data/cumcm2020c)")
     console = Console(stderr=True)
     config = TrainConfig.fast(args.seed) if args.fast else TrainConfig(seed=args.seed)
-    if args.cv_repeats is not None:
-        if args.cv_repeats < 1:
-            raise UserError("--cv-repeats must be at least 1")
-        e = config.eval
-        config = TrainConfig(config.seed, EvalConfig(e.n_splits, args.cv_repeats, e.selection_runs, e.net, e.cnn,
-                                                     e.default_models, e.rating_models),
-                             config.segment_ks, config.segment_n_init, config.evaluate, config.split_73, config.control)
+    if args.cv_repeats is not None and args.cv_repeats < 1:
+        raise UserError("--cv-repeats must be at least 1")
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    repeats = config.eval.n_repeats if args.cv_repeats is None else args.cv_repeats
+    config = replace(config, eval=replace(config.eval, n_repeats=repeats, n_jobs=args.jobs))
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=False) as progress:

@@ -148,3 +148,17 @@ def test_shuffled_labels_give_chance_level_auc() -> None:
                       EvalConfig(4, 1, 2, DefaultNetConfig(epochs=10), default_models=("logistic_regression",)),
                       settings=("invoice_only",))
     assert real.summary["invoice_only"]["logistic_regression"]["auc"]["mean"] > 0.85
+
+
+def test_parallel_folds_give_the_same_cv_results() -> None:
+    from dataclasses import replace
+
+    from models.evaluation import default_cv
+
+    data = synthetic_data(n=60, n_labeled=60, seed=2)
+    y = data.defaulted.astype(int)
+    r = np.array([["A", "B", "C", "D"].index(x) for x in data.ratings])
+    cfg = EvalConfig(3, 1, 2, DefaultNetConfig(epochs=3), default_models=("bp_net", "logistic_regression"))
+    serial = default_cv(data.numeric, r, y, NUMERIC_FEATURES, 5, cfg)
+    parallel = default_cv(data.numeric, r, y, NUMERIC_FEATURES, 5, replace(cfg, n_jobs=2))
+    assert serial.summary == parallel.summary
