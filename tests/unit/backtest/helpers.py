@@ -7,9 +7,13 @@ slow tests use the real model bundle and the real allocator.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
 import math
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -72,3 +76,21 @@ def invoice(eid: str, day: dt.date, k: int, amount: int = 1000, direction: str =
         total=f"{amount + tax:.2f}", status=status,
         produced_at=dt.datetime.combine(day, dt.time(10), tzinfo=dt.UTC),
     )
+
+
+def write_slice(src: Path, dst: Path, ids: set[str]) -> Path:
+    """A data set folder with every invoice of ``ids`` in the source order (same events, same ids)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "enterprises.csv", dst / "enterprises.csv")
+    shutil.copy(src / "churn.csv", dst / "churn.csv")
+    with gzip.open(src / "invoices.csv.gz", "rt", encoding="utf-8", newline="") as fin, \
+            open(dst / "invoices.csv", "w", encoding="utf-8", newline="") as fout:
+        reader = csv.reader(fin)
+        writer = csv.writer(fout)
+        header = next(reader)
+        writer.writerow(header)
+        col = header.index("enterprise_id")
+        for row in reader:
+            if row[col] in ids:
+                writer.writerow(row)
+    return dst

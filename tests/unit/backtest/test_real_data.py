@@ -7,11 +7,8 @@ those of the full data set for these enterprises.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import gzip
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,28 +19,12 @@ from streams.adapters.memory import InMemoryRegistry
 from streams.backtest.engine import allocate_snapshots, replay
 from streams.cli import main
 from streams.dataset import DEFAULT_DATA_DIR, load_events
+from tests.unit.backtest.helpers import write_slice
 
 pytestmark = pytest.mark.slow
 
 #: 36 labeled enterprises, 9 of them defaulted (E1..E123 are labeled; D ratings default).
 SLICE = tuple(f"E{i}" for i in range(90, 124)) + ("E2", "E5")
-
-
-def write_slice(src: Path, dst: Path, ids: set[str]) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src / "enterprises.csv", dst / "enterprises.csv")
-    shutil.copy(src / "churn.csv", dst / "churn.csv")
-    with gzip.open(src / "invoices.csv.gz", "rt", encoding="utf-8", newline="") as fin, \
-            open(dst / "invoices.csv", "w", encoding="utf-8", newline="") as fout:
-        reader = csv.reader(fin)
-        writer = csv.writer(fout)
-        header = next(reader)
-        writer.writerow(header)
-        col = header.index("enterprise_id")
-        for row in reader:
-            if row[col] in ids:
-                writer.writerow(row)
-    return dst
 
 
 @pytest.fixture(scope="module")

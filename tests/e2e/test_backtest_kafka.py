@@ -1,0 +1,128 @@
+"""The live path and the in-process backtest agree: same credit lines on a slice of the real data.
+
+A real worker process (``riskmon worker``, real Kafka and Redis, the test bundle, the real
+allocator) consumes a ``riskmon replay`` of every invoice of 30 real enterprises; then
+``riskmon compare`` reads the compacted credit-lines topic and checks it against
+``riskmon backtest`` over the same enterprises at the final date.
+
+The slice holds enterprises that invoiced in the data set's last month (February 2020):
+the live worker scores an enterprise as of the event-time watermark when its last
+invoice is processed, the backtest as of the final date, and features depend on the
+as-of *month*; for these enterprises both are February 2020. (An enterprise that stopped
+invoicing earlier keeps its older score in the live worker; see the backtest docs.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streams.dataset import DEFAULT_DATA_DIR
+from tests.unit.backtest.helpers import write_slice
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))"]
+#: 30 enterprises (11 labeled: 5 D, 3 C, 3 B) that invoiced in February 2020, about 9 000 invoices.
+SLICE = ("E105", "E417", "E114", "E86", "E410", "E118", "E403", "E407", "E377", "E344", "E365", "E103", "E79",
+         "E108", "E97", "E420", "E353", "E119", "E320", "E334", "E391", "E269", "E267", "E342", "E392", "E80",
+         "E364", "E326", "E370", "E85")
+BUDGET = "8000000"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:  # noqa: S310  # local worker
+        return json.loads(r.read())
+
+
+def _allocate(port: int) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/allocate", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def bundle_dir() -> Path:
+    from tests.bundle_fixture import get_test_bundle
+
+    return get_test_bundle()
+
+
+@pytest.mark.timeout(600)  # includes training the cached test bundle when its sources changed
+def test_live_worker_and_backtest_publish_the_same_credit_lines(
+    kafka_bootstrap: str, redis_url: str, unique_name: str, redis_prefix: str, bundle_dir: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RISKMON_KAFKA__BOOTSTRAP": kafka_bootstrap,
+        "RISKMON_KAFKA__GROUP_ID": f"{unique_name}-ingest",  # faust's own group is the app id
+        "RISKMON_REDIS__URL": redis_url,
+        "RISKMON_REDIS__PREFIX": redis_prefix.rstrip(":"),
+        "RISKMON_APP_ID": unique_name,
+        "RISKMON_STATE_DIR": str(tmp_path / "faust"),
+        "RISKMON_WORKER__WEB_PORT": str(_free_port()),
+        "RISKMON_ALLOCATOR__SOLVER": "exact",
+        **{f"RISKMON_TOPICS__{k.upper()}": f"{unique_name}-{v}" for k, v in (
+            ("invoices", "invoices"), ("dlq", "dlq"), ("scores", "scores"), ("credit_lines", "lines"),
+            ("allocations", "allocations"))},
+    }
+    ids = ",".join(SLICE)
+    data = write_slice(DEFAULT_DATA_DIR, tmp_path / "data", set(SLICE))  # every tool reads the small file
+    # the in-process backtest of the same enterprises, final as-of date = the slice's last invoice date
+    out = tmp_path / "backtest"
+    bt = subprocess.run([*CLI, "backtest", "--data", str(data), "--bundle", str(bundle_dir),
+                         "--enterprises", ids, "--as-of", "quarterly", "--budget", BUDGET, "--out", str(out),
+                         "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert bt.returncode == 0, bt.stderr[-2000:]
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115  # closed in finally
+    worker = subprocess.Popen([*CLI, "worker", "--bundle", str(bundle_dir), "--data", str(data),
+                               "--metrics-port", str(port), "--interval", "1", "--budget", BUDGET,
+                               "--loglevel", "warn"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _health(port)
+                break
+            except OSError:
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "worker did not come up"
+                time.sleep(1)
+        rp = subprocess.run([*CLI, "replay", "--data", str(data), "--max",
+                             "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert rp.returncode == 0, rp.stderr[-2000:]
+        n_events = json.loads((out / "summary.json").read_text())["n_events"]
+        deadline = time.monotonic() + 120
+        while _health(port)["processed"] < n_events:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"worker processed {_health(port)['processed']} of {n_events}"
+            time.sleep(1)
+        ran = _allocate(port)  # one allocation over the final scores, whatever the timer did
+        assert ran["ran"] or ran.get("why") is None, ran
+        cmp = subprocess.run([*CLI, "compare", "--bootstrap", kafka_bootstrap, "--topic", env["RISKMON_TOPICS__CREDIT_LINES"],
+                              "--backtest", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert cmp.returncode == 0, cmp.stdout[-4000:] + cmp.stderr[-2000:]
+        assert "agree" in cmp.stdout
+        final = json.loads((out / "summary.json").read_text())["dates"][-1]
+        assert final["n_lines"] > 3 and final["total_lent"] > 0
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
