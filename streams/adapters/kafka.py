@@ -122,3 +122,31 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.
         return out
     finally:
         await consumer.stop()
+
+
+async def group_lag(kafka: KafkaSettings, topic: str, group_id: str) -> int:
+    """Messages of ``topic`` not yet committed by consumer group ``group_id`` (all partitions).
+
+    Raises
+    ------
+    BrokerUnavailable
+        When the topic does not exist (no partitions known after a metadata refresh).
+    """
+    consumer = AIOKafkaConsumer(group_id=group_id, enable_auto_commit=False, **client_kwargs(kafka))
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - metadata for an unsubscribed topic
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise BrokerUnavailable(f"topic {topic} does not exist on {kafka.bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        end = await consumer.end_offsets(tps)
+        lag = 0
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            lag += end[tp] - (committed or 0)
+        return lag
+    finally:
+        await consumer.stop()

@@ -12,7 +12,7 @@ import redis
 from allocator import ChurnCurves
 from models.bundle import load_bundle
 from streams.adapters.allocation import make_allocate
-from streams.adapters.kafka import make_producer, read_topic
+from streams.adapters.kafka import group_lag, make_producer, read_topic
 from streams.adapters.memory import InMemoryRegistry
 from streams.adapters.redis_store import RedisCreditLineStore, RedisFeatureStore, RedisScoreStore
 from streams.app import AllocatorStep, IngestLoop, WorkerContext
@@ -64,10 +64,11 @@ async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
     finally:
         await producer.stop()
 
+    total = len(valid) + len(MALFORMED) + 20
+    assert await group_lag(settings.kafka, t.invoices, settings.kafka.group_id) == total
     loop = IngestLoop(ctx)
     await loop.start()
     runner = asyncio.create_task(loop.run())
-    total = len(valid) + len(MALFORMED) + 20
     try:
         for _ in range(300):
             if loop.processed >= total:
@@ -79,6 +80,7 @@ async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
         await loop.stop()
         await runner
 
+    assert await group_lag(settings.kafka, t.invoices, settings.kafka.group_id) == 0
     dead = [DeadLetter.model_validate_json(v) for _, v, _ in await read_topic(settings.kafka, t.dlq)]
     assert len(dead) == len(MALFORMED)
     by_raw = {base64.b64decode(d.raw_base64): d for d in dead}
