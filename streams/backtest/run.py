@@ -8,7 +8,7 @@ scenario, the base run and the shocked run are both computed and compared.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from models.schema import NUMERIC_FEATURES
@@ -230,7 +230,7 @@ def drift_report(
 
 
 def run_backtest(
-    events: Sequence[InvoiceEvent],
+    events: Sequence[InvoiceEvent] | Callable[[], Iterable[InvoiceEvent]],
     as_of_dates: Sequence[dt.date],
     registry: EnterpriseRegistry,
     scorer: Scorer,
@@ -246,9 +246,15 @@ def run_backtest(
 ) -> BacktestResult:
     """Replay, allocate, evaluate; with ``scenario``, the shocked run too.
 
-    ``clock`` (e.g. ``time.perf_counter``) only times the phases for the report; the
-    results never depend on it.
+    ``events`` is a sequence sorted by issue date, or a function returning a fresh
+    iterator over them (each run replays it once: the cached columnar events build the
+    event objects lazily). ``clock`` (e.g. ``time.perf_counter``) only times the phases
+    for the report; the results never depend on it.
     """
+
+    def event_stream() -> Iterable[InvoiceEvent]:
+        return events() if callable(events) else events
+
     tick = clock or (lambda: 0.0)
     timings: dict[str, float] = {}
     dates = tuple(sorted(set(as_of_dates)))
@@ -256,7 +262,7 @@ def run_backtest(
     def one_run(ev_t: Callable[[InvoiceEvent], InvoiceEvent] | None, sc_t, base: ReplayResult | None, tag: str) -> RunResult:  # type: ignore[no-untyped-def]
         t0 = tick()
         if base is None:
-            rep = replay(events, dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
+            rep = replay(event_stream(), dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
                          chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes))
         else:  # the events are unchanged: reuse the base features, re-apply the score shock only
             snaps = [Snapshot(s.as_of, s.enterprise_ids, s.numeric,

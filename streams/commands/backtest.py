@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--flag-threshold", type=float, default=0.5,
                         help="default probability at which an enterprise counts as flagged")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"),
+                        help="where the validated, sorted events are cached as Parquet (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="validate the invoice file again and hold all events in memory instead")
     parser.set_defaults(func=run)
 
 
@@ -146,16 +150,31 @@ def run(args: argparse.Namespace) -> int:
     with _progress(not args.no_progress) as progress:
         task = progress.add_task("reading + validating invoices", total=None)
         t0 = time.perf_counter()
-        events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+        events: Any
+        if args.no_cache:
+            events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+            first, last = (events[0].issue_date, events[-1].issue_date) if events else (None, None)
+            n_events = len(events)
+        else:
+            from streams.backtest.eventcache import load_cached_events
+
+            try:
+                cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
+            except OSError as exc:
+                raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
+            cached = cached.only(wanted)
+            rejected, n_events = cached.rejected, len(cached)
+            first, last = (cached.first_date, cached.last_date) if n_events else (None, None)
+            events = cached.iter_events
         load_s = time.perf_counter() - t0
-        if not events:
+        if not n_events or first is None or last is None:
             raise UserError("no valid invoice for the chosen enterprises")
         try:
-            dates = parse_as_of(args.as_of, events[0].issue_date, events[-1].issue_date)
+            dates = parse_as_of(args.as_of, first, last)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         runs = 2 if scenario is not None and scenario.changes_events else 1
-        replay_task = progress.add_task("replaying in event-time order", total=len(events) * runs)
+        replay_task = progress.add_task("replaying in event-time order", total=n_events * runs)
         config = BacktestConfig(budget_yuan=args.budget, solver=args.solver, seed=args.seed, lgd=args.lgd,
                                 flat_rate=args.flat_rate, flag_threshold=args.flag_threshold)
         try:
@@ -165,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
                                   clock=time.perf_counter)
         except AllocatorError as exc:
             raise UserError(f"allocator: {exc}") from None
-    n_events = len(events)
     del events
     result.timings_s["load_s"] = load_s
     extra = {
@@ -173,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
         "n_events": n_events, "rejected_rows": rejected,
         "scenario_file": str(args.scenario) if args.scenario else None,
+        "event_source": "validated on the fly" if args.no_cache else "validated Parquet cache",
     }
     t_report = time.perf_counter()
     paths = write_report(result, args.out, extra)
@@ -207,7 +226,7 @@ def _print_summary(result: Any, out: Path, total_s: float, peak_rss_mb: float) -
         table.add_row(row["as_of"], f"{row['total_lent']:,.0f}", f"{row['expected_profit']:,.0f}",
                       f"{row['realised_profit']:,.0f}", f"{row['realised_profit_rules']:,.0f}",
                       f"{row['realised_profit_flat']:,.0f}", "-" if auc is None else f"{auc:.3f}")
-    console = Console(file=sys.stdout)
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 140)
     console.print(table)
     console.print(f"report: {out / 'report.html'}  ({total_s:.1f} s, peak RSS {peak_rss_mb:,.0f} MB)")
 

@@ -117,6 +117,20 @@ def test_live_worker_and_backtest_publish_the_same_credit_lines(
                               "--backtest", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert cmp.returncode == 0, cmp.stdout[-4000:] + cmp.stderr[-2000:]
         assert "agree" in cmp.stdout
+        # and it does see a difference: the same stream against a backtest with one line changed
+        tampered = tmp_path / "tampered"
+        tampered.mkdir()
+        lines = (out / "lines.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        row = next(i for i in range(len(lines) - 1, 0, -1) if float(lines[i].split(",")[header.index("amount_yuan")]) > 0)
+        cells = lines[row].split(",")
+        cells[header.index("amount_yuan")] = str(float(cells[header.index("amount_yuan")]) + 10_000)
+        lines[row] = ",".join(cells)
+        (tampered / "lines.csv").write_text("\n".join(lines) + "\n")
+        bad = subprocess.run([*CLI, "compare", "--bootstrap", kafka_bootstrap, "--topic",
+                              env["RISKMON_TOPICS__CREDIT_LINES"], "--backtest", str(tampered)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "1 differences" in bad.stdout, bad.stdout[-3000:]
         final = json.loads((out / "summary.json").read_text())["dates"][-1]
         assert final["n_lines"] > 3 and final["total_lent"] > 0
     finally:
