@@ -143,7 +143,7 @@ class DriftMonitor:
 
     def __post_init__(self) -> None:
         if self.detector == "adwin":
-            self._impl = river_drift.ADWIN(delta=self.adwin_delta)
+            self._impl = river_drift.ADWIN(delta=self.adwin_delta)  # type: ignore[no-untyped-call]
         elif self.detector == "page_hinkley":
             self._impl = river_drift.PageHinkley(
                 min_instances=self.min_instances, delta=self.delta, threshold=self.threshold

@@ -286,7 +286,7 @@ def summary_json(result: BacktestResult, extra: Mapping[str, Any] | None = None)
 
 def _table_html(frame: pd.DataFrame, max_rows: int = 40) -> str:
     shown = frame.head(max_rows)
-    text = shown.to_html(index=False, float_format=lambda v: f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}",
+    text: str = shown.to_html(index=False, float_format=lambda v: f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}",
                          border=0, classes="t")
     more = f"<p class='note'>{len(frame) - max_rows} more rows in the CSV.</p>" if len(frame) > max_rows else ""
     return text + more

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from models.schema import NUMERIC_FEATURES
 from models.scoring import Scorer
@@ -28,7 +29,7 @@ from streams.backtest.outcomes import (
 )
 from streams.backtest.scenarios import Scenario, event_transform, score_transform
 from streams.drift import DriftAlarm, DriftMonitor, psi_table, signed_log
-from streams.events import InvoiceEvent
+from streams.events import EnterpriseScore, InvoiceEvent
 from streams.features.vector import month_index
 from streams.pipeline import Allocate, AllocationDecision
 from streams.ports import EnterpriseRegistry, FeatureStore
@@ -220,8 +221,9 @@ def drift_report(
             alarm = monitor.update(signed_log(value), m)
             if alarm is not None:
                 alarms.append(alarm)
-    for detector in ("page_hinkley", "adwin"):
-        monitor = DriftMonitor("total_sales", detector, min_instances=min_instances, threshold=threshold)  # type: ignore[arg-type]
+    detectors: tuple[Literal["page_hinkley", "adwin"], ...] = ("page_hinkley", "adwin")
+    for detector in detectors:
+        monitor = DriftMonitor("total_sales", detector, min_instances=min_instances, threshold=threshold)
         for m in sorted(total):
             alarm = monitor.update(signed_log(total[m]), m)
             if alarm is not None:
@@ -259,12 +261,17 @@ def run_backtest(
     timings: dict[str, float] = {}
     dates = tuple(sorted(set(as_of_dates)))
 
-    def one_run(ev_t: Callable[[InvoiceEvent], InvoiceEvent] | None, sc_t, base: ReplayResult | None, tag: str) -> RunResult:  # type: ignore[no-untyped-def]
+    ScoreTransform = Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore]]
+
+    def one_run(ev_t: Callable[[InvoiceEvent], InvoiceEvent] | None, sc_t: ScoreTransform | None,
+                base: ReplayResult | None, tag: str) -> RunResult:
         t0 = tick()
         if base is None:
             rep = replay(event_stream(), dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
                          chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes))
         else:  # the events are unchanged: reuse the base features, re-apply the score shock only
+            if sc_t is None:  # reuse only makes sense for a scenario run
+                raise ValueError("reusing the base replay needs a score transform")
             snaps = [Snapshot(s.as_of, s.enterprise_ids, s.numeric,
                               {x.enterprise_id: x for x in sc_t(list(s.scores.values()), s.as_of)}, s.n_events,
                               {x.enterprise_id: x for x in sc_t(list(s.blind_scores.values()), s.as_of)})

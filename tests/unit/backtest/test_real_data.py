@@ -68,11 +68,14 @@ def _backtest(slice_dir: Path, bundle_dir: Path, out: Path, *extra: str, as_of: 
     return json.loads((out / "summary.json").read_text())
 
 
-def test_backtest_command_on_the_slice_is_deterministic_and_writes_the_report(
+def test_backtest_command_on_the_slice_is_deterministic_with_or_without_the_cache(
     slice_dir: Path, bundle_dir: Path, tmp_path: Path
 ) -> None:
-    first = _backtest(slice_dir, bundle_dir, tmp_path / "a", "--solver", "anneal", "--seed", "3")
-    second = _backtest(slice_dir, bundle_dir, tmp_path / "b", "--solver", "anneal", "--seed", "3")
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = _backtest(slice_dir, bundle_dir, tmp_path / "a", "--solver", "anneal", "--seed", "3", *cache)
+    # the second run validates the invoice file again instead of reading the Parquet cache: same result
+    second = _backtest(slice_dir, bundle_dir, tmp_path / "b", "--solver", "anneal", "--seed", "3", "--no-cache")
+    assert list((tmp_path / "cache").glob("events-*.parquet"))
     assert first["dates"] == second["dates"]
     assert (tmp_path / "a" / "lines.csv").read_bytes() == (tmp_path / "b" / "lines.csv").read_bytes()
     assert first["as_of_dates"][-1] == "2020-02-21" and len(first["dates"]) == len(first["as_of_dates"])
@@ -83,7 +86,7 @@ def test_backtest_command_on_the_slice_is_deterministic_and_writes_the_report(
 
 def test_scenario_run_reports_the_difference(slice_dir: Path, bundle_dir: Path, tmp_path: Path) -> None:
     scenario = Path(__file__).resolve().parents[3] / "streams" / "backtest" / "examples" / "covid_2020.json"
-    summary = _backtest(slice_dir, bundle_dir, tmp_path, "--scenario", str(scenario),
+    summary = _backtest(slice_dir, bundle_dir, tmp_path, "--scenario", str(scenario), "--cache-dir", str(tmp_path / "c"),
                         as_of="2019-12-31,2020-02-21")
     assert summary["scenario"]["name"] == "covid-2020"
     # the shock starts in 2020: nothing changes before, and the lines move after
