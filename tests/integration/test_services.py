@@ -261,9 +261,15 @@ def test_second_instance_on_other_ports_up_status_down(tmp_path: Path, kafka_boo
         "RISKMON_KAFKA_HEAP": "-Xms128m -Xmx384m",
         "RISKMON_SERVICES_MODE": "local",
     }
+    # a cluster id starting with '-' (1 in 64 random ones) is read as an option by Kafka's storage tool;
+    # one left by an older version must be replaced, not reused
+    (tmp_path / "var" / "kafka").mkdir(parents=True)
+    (tmp_path / "var" / "kafka" / "cluster-id").write_text("-bcdefghijklmnopqrstuv\n")
     try:
         up = run_services("up", env=env)
         assert up.returncode == 0, up.stderr
+        cluster_id = (tmp_path / "var" / "kafka" / "cluster-id").read_text().strip()
+        assert len(cluster_id) == 22 and not cluster_id.startswith("-")
         status = run_services("status", env=env)
         assert status.returncode == 0, status.stdout
         assert f"127.0.0.1:{kafka_port} (pid" in status.stdout
