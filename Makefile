@@ -35,5 +35,5 @@ test: install services-up
 bench: install services-up
 	PATH=$(abspath $(VENV))/bin:$$PATH scripts/bench
 
-clean:
+clean: services-down
 	rm -rf var artifacts .pytest_cache
