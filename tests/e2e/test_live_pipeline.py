@@ -170,3 +170,31 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_two_workers_split_the_partitions_and_one_leads(
+        deployment: Deployment, records: list[ReplayRecord], expected: dict) -> None:  # type: ignore[type-arg]
+    n_valid = sum(len(s.seen) for s in expected.values())
+    workers = [WorkerProcess(deployment, "a"), WorkerProcess(deployment, "b")]
+    try:
+        for w in workers:
+            w.wait_ready()
+
+        def split() -> list[dict] | None:  # type: ignore[type-arg]
+            hs = [w.health() for w in workers]
+            if not all(h and h.get("partitions") for h in hs):
+                return None
+            parts = [p for h in hs for p in h["partitions"]]  # type: ignore[index]
+            return hs if sorted(parts) == list(range(deployment.partitions)) else None  # type: ignore[return-value]
+        wait_for(split, 90, "both workers holding disjoint partitions", workers[0])
+        publish(deployment, records)
+        wait_for(lambda: _applied(deployment) == n_valid, 120, "all invoices applied", workers[0])
+        health = wait_for(lambda: (hs := [w.health() for w in workers]) and all(hs) and hs, 30, "health")
+        processed = [h["processed"] for h in health]
+        leaders = [h["leader"] for h in health]
+    finally:
+        for w in workers:
+            w.stop()
+    assert all(p > 0 for p in processed) and sum(processed) >= len(records)
+    assert sorted(leaders) == [False, True]
+    _assert_features_equal(deployment, expected)
