@@ -230,7 +230,8 @@ def render_figures(result: BacktestResult) -> dict[str, str]:
 
 
 def _scenario_figure(result: BacktestResult) -> str:
-    assert result.shocked is not None  # noqa: S101  # only called with a scenario run
+    if result.shocked is None:
+        raise ValueError("no scenario run to plot")
     base, shock = summary_table(result.base), summary_table(result.shocked)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(base["as_of"], base["total_lent"] / _MILLION, "o-", label="base")
