@@ -44,4 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the canonical ``streams.cli`` module, not this ``__main__`` copy: the subcommands raise
+    # ``streams.cli.UserError``, which a second copy of this module would not catch.
+    from streams.cli import main as canonical_main
+
+    sys.exit(canonical_main())
