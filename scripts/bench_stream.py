@@ -104,6 +104,20 @@ def run_workers(dep: Deployment, n_workers: int, n_expected: int, enterprises: l
             "peak_rss_mb": peak, "health": health}
 
 
+async def delete_run_topics(bootstrap: str, prefix: str) -> None:
+    """The per-deployment topics the workers created (scores, lines, DLQ, faust's leader topic)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N invoices in event-time order (default: all)")
@@ -193,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup(d)
     finally:
         asyncio.run(benchlib.delete_topic(args.bootstrap, topic))
+        asyncio.run(delete_run_topics(args.bootstrap, f"bench-{run_id}-"))
         if "baseline_plain_aiokafka" in result and "one_worker" in result:
             result["ratio_one_worker_vs_plain"] = (result["one_worker"]["events_per_s"]
                                                    / result["baseline_plain_aiokafka"]["msgs_per_s"])
