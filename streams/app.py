@@ -37,7 +37,8 @@ from streams.codecs import decode_key
 from streams.errors import StreamError
 from streams.events import AllocationSummary
 from streams.metrics import Metrics
-from streams.pipeline import Allocate, BatchOutcome, Source, allocation_id_for, process_batch, run_allocation
+from streams.pipeline import (Allocate, BatchOutcome, Source, allocation_id_for, process_batch, rescore, run_allocation,
+                              stale_score_ids)
 from streams.ports import CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
 from streams.settings import Settings
 
@@ -243,16 +244,26 @@ class AllocatorStep:
                     return None
                 as_of = ctx.features.watermark() or max(x.as_of for x in scores.values())
                 now = ctx.clock()
+                # Scores of enterprises that stopped invoicing were computed in an earlier month: rescore
+                # them as of the watermark first (reading Redis itself, not this worker's cache: other
+                # workers own most of these partitions), so the lines equal the backtest's.
+                refreshed = rescore(stale_score_ids(scores.values(), as_of), getattr(ctx.features, "inner", ctx.features),
+                                    ctx.registry, ctx.scorer, as_of=as_of, now=now)
+                if refreshed:
+                    ctx.scores.put_many(refreshed)
+                    scores = {**scores, **{x.enterprise_id: x for x in refreshed}}
+                    fingerprint = (len(scores), max(x.scored_at.isoformat() for x in scores.values()))
                 outcome = run_allocation(
                     scores, ctx.lines.all(), ctx.allocate, ctx.registry, budget_yuan=s.allocator.budget_yuan,
                     solver=s.allocator.solver, as_of=as_of, now=now, allocation_id=allocation_id_for(as_of, now),
                     bundle_version=ctx.scorer.version, seed=s.allocator.seed)
-                return fingerprint, outcome
+                return fingerprint, outcome, refreshed
 
             decided = await loop.run_in_executor(None, decide)
             if decided is None:
                 return None
-            fingerprint, outcome = decided
+            fingerprint, outcome, refreshed = decided
+            await publish_many(producer, s.topics.scores, [(x.enterprise_id, x) for x in refreshed])
             await publish_many(producer, s.topics.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
             await publish_many(producer, s.topics.allocations, [(outcome.summary.allocation_id, outcome.summary)])
             # remembered only once published: a crash in between republishes the same decisions

@@ -37,7 +37,7 @@ from streams.dataset import validation_reason
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
 from streams.features.fold import EnterpriseState, invoice_delta
 from streams.features.names import classify_name
-from streams.features.vector import to_sequence, to_vector
+from streams.features.vector import month_index, to_sequence, to_vector
 from streams.ports import DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore
 
 REASON_EMPTY: Final = "empty"
@@ -243,6 +243,26 @@ def rescore(
     return out
 
 
+def stale_score_ids(scores: Iterable[EnterpriseScore], as_of: dt.date) -> list[str]:
+    """Ids whose score was computed as of an earlier month than ``as_of``, sorted.
+
+    Features depend on the as-of *month* (trailing windows, months since the last invoice), so a
+    score computed when the enterprise last invoiced goes stale once the watermark enters a later
+    month. The allocator rescores these before deciding, so that every line rests on features as
+    of the same month, as in the backtest.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> class S:  # the two fields read
+    ...     def __init__(self, e, d): self.enterprise_id, self.as_of = e, d
+    >>> stale_score_ids([S("E2", dt.date(2020, 1, 31)), S("E1", dt.date(2020, 2, 3))], dt.date(2020, 2, 21))
+    ['E2']
+    """
+    month = month_index(as_of)
+    return sorted(s.enterprise_id for s in scores if month_index(s.as_of) < month)
+
+
 # --------------------------------------------------------------------------- one micro-batch
 
 
@@ -330,8 +350,14 @@ class AllocationOutcome:
     skipped: list[str] = field(default_factory=list)
 
 
-def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float, score: EnterpriseScore) -> list[str]:
-    """Why a line differs from the previous one (``["new"]`` without one, empty when unchanged)."""
+def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float, score: EnterpriseScore,
+                   reasons_now: Sequence[str] | None = None) -> list[str]:
+    """Why a line differs from the previous one (``["new"]`` without one, empty when unchanged).
+
+    A line changes when its amount or rate does, or when the allocator's reasons for it do
+    (``reasons_changed``: e.g. a declined enterprise re-rated from D to B is still declined, now
+    for ``negative_expected_profit``), so the published reasons never go stale.
+    """
     if previous is None:
         return ["new"]
     reasons: list[str] = []
@@ -339,6 +365,8 @@ def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float,
         reasons.append("amount_increased" if amount_yuan > previous.amount_yuan else "amount_decreased")
     if abs(rate - previous.rate) > 1e-9:
         reasons.append("rate_increased" if rate > previous.rate else "rate_decreased")
+    if reasons_now is not None and list(reasons_now) != list(previous.reasons):
+        reasons.append("reasons_changed")
     if not reasons:
         return []
     if score.rating != previous.rating:
@@ -382,7 +410,7 @@ def run_allocation(
         else:
             d = decision.lines.get(eid) or LineDecision(eid, 0.0, 0.0, 0.0, (REASON_NOT_ALLOCATED,))
         prev = previous.get(eid)
-        why = change_reasons(prev, d.amount_yuan, d.rate, score)
+        why = change_reasons(prev, d.amount_yuan, d.rate, score, d.reasons)
         line = CreditLine(
             enterprise_id=eid,
             allocation_id=allocation_id,

@@ -1,15 +1,16 @@
 """The live path and the in-process backtest agree: same credit lines on a slice of the real data.
 
 A real worker process (``riskmon worker``, real Kafka and Redis, the test bundle, the real
-allocator) consumes a ``riskmon replay`` of every invoice of 30 real enterprises; then
+allocator) consumes a ``riskmon replay`` of every invoice of 40 real enterprises; then
 ``riskmon compare`` reads the compacted credit-lines topic and checks it against
 ``riskmon backtest`` over the same enterprises at the final date.
 
-The slice holds enterprises that invoiced in the data set's last month (February 2020):
-the live worker scores an enterprise as of the event-time watermark when its last
-invoice is processed, the backtest as of the final date, and features depend on the
-as-of *month*; for these enterprises both are February 2020. (An enterprise that stopped
-invoicing earlier keeps its older score in the live worker; see the backtest docs.)
+The slice holds 30 enterprises that invoiced in the data set's last month (February 2020)
+and 10 that stopped invoicing months earlier (last invoice 2019-06 .. 2019-11). Features depend
+on the as-of *month*; the live worker scores an enterprise when its invoices arrive, so the
+scores of the 10 were computed in an earlier month than the watermark's. The leader rescores
+such stale scores as of the watermark before allocating (``streams.pipeline.stale_score_ids``),
+which is what makes the two paths agree on them too.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from tests.unit.backtest.helpers import write_slice
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))"]
-#: 30 enterprises (11 labeled: 5 D, 3 C, 3 B) that invoiced in February 2020, about 9 000 invoices.
+#: 40 enterprises: 30 (11 labeled: 5 D, 3 C, 3 B) that invoiced in February 2020, about 9 000 invoices,
+#: and 10 (5 labeled: 4 C, 1 B) whose last invoice is from 2019-06 .. 2019-11, about 1 900 invoices.
 SLICE = ("E105", "E417", "E114", "E86", "E410", "E118", "E403", "E407", "E377", "E344", "E365", "E103", "E79",
          "E108", "E97", "E420", "E353", "E119", "E320", "E334", "E391", "E269", "E267", "E342", "E392", "E80",
-         "E364", "E326", "E370", "E85")
+         "E364", "E326", "E370", "E85",
+         # stopped invoicing before December 2019: their live scores go stale unless rescored
+         "E104", "E94", "E78", "E43", "E50", "E414", "E423", "E385", "E402", "E192")
 BUDGET = "8000000"
 
 

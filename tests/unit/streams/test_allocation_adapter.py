@@ -43,3 +43,27 @@ def test_real_allocator_through_run_allocation() -> None:
         assert all(line.amount_yuan == 0 or 100_000 <= line.amount_yuan <= 1_000_000 for line in out.lines.values())
         assert out.lines["NEW1"].reasons == [REASON_UNKNOWN_ENTERPRISE] and out.n_unknown == 1
         assert out.summary.solver == solver and len(out.changed) == 121
+
+
+def test_declined_line_is_republished_when_its_reasons_change() -> None:
+    # A D-rated enterprise is declined (rating_D); re-rated B with a high default probability it is
+    # still declined, now for negative_expected_profit: same amount and rate, but the published
+    # reasons must not stay "rating_D".
+    churn = ChurnCurves.from_csv(DEFAULT_DATA_DIR / "churn.csv")
+    registry = InMemoryRegistry.from_data_dir(DEFAULT_DATA_DIR)
+    d_rated = _scores(["E1"])["E1"].model_copy(update={"rating": "D", "default_probability": 0.9})
+    kw = {"budget_yuan": 5_000_000, "solver": "exact", "now": NOW, "bundle_version": "b"}
+    first = run_allocation({"E1": d_rated}, {}, make_allocate(churn), registry, as_of=dt.date(2019, 11, 30),
+                           allocation_id="a1", **kw)
+    assert first.lines["E1"].reasons == ["rating_D"]
+    re_rated = d_rated.model_copy(update={"rating": "B", "default_probability": 0.5})
+    second = run_allocation({"E1": re_rated}, first.lines, make_allocate(churn), registry, as_of=dt.date(2019, 12, 31),
+                            allocation_id="a2", **kw)
+    line = second.lines["E1"]
+    assert line.amount_yuan == 0 and line.reasons == ["negative_expected_profit"]
+    assert [c.enterprise_id for c in second.changed] == ["E1"]
+    assert line.change_reasons[0] == "reasons_changed" and "rating_changed:D->B" in line.change_reasons
+    # and an unchanged decision is still not republished
+    third = run_allocation({"E1": re_rated}, second.lines, make_allocate(churn), registry, as_of=dt.date(2019, 12, 31),
+                           allocation_id="a3", **kw)
+    assert third.changed == []
