@@ -34,6 +34,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from models.scoring import Scorer
 from streams.adapters.kafka import client_kwargs, make_producer, publish_many
 from streams.codecs import decode_key
+from streams.drift import ScoreDriftWatch
 from streams.errors import StreamError
 from streams.events import AllocationSummary
 from streams.metrics import Metrics
@@ -62,6 +63,7 @@ class WorkerContext:
     allocate: Allocate
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], dt.datetime] = utc_now
+    drift: ScoreDriftWatch = field(default_factory=ScoreDriftWatch)
 
 
 class IngestLoop:
@@ -158,6 +160,10 @@ class IngestLoop:
             log.warning("dead letter topic=%s partition=%s offset=%s reason=%s", d.source_topic, d.source_partition,
                         d.source_offset, d.reason)
         m.scores.inc(len(outcome.scores))
+        for alarm in ctx.drift.observe(outcome.scores):
+            m.drift_alarms.labels(signal=str(alarm.key)).inc()
+            log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
+                        alarm.n_seen, alarm.value)
         if outcome.scores:
             m.freshness(max(0.0, (published_ms - p) / 1000) for p in produced_ms if p and p > 0)
         m.batch_latency.observe(time.perf_counter() - t0)
@@ -346,7 +352,8 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
         return {"status": status, "leader": app.is_leader(), "partitions": assigned, "processed": ingest.processed,
                 "batches": ingest.batches, "watermark": watermark, "bundle_version": ctx.scorer.version,
                 "last_allocation": allocator.last_summary.allocation_id if allocator.last_summary else None,
-                "freshness": ctx.metrics.quantiles()}
+                "freshness": ctx.metrics.quantiles(),
+                "drift_alarms": {key: len(mon.alarms) for key, mon in sorted(ctx.drift.monitors.items()) if mon.alarms}}
 
     async def allocate_now() -> dict[str, Any]:
         if not app.is_leader() or ingest.producer is None:

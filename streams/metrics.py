@@ -49,6 +49,8 @@ class Metrics:
                                    registry=r)
         self.allocated = Gauge("riskmon_allocated_yuan", "Total lent by the last allocation", registry=r)
         self.lines_changed = Counter("riskmon_credit_lines_published", "CreditLine messages published", registry=r)
+        self.drift_alarms = Counter("riskmon_drift_alarms", "River drift alarms on the stream of scores, by signal",
+                                    ["signal"], registry=r)
         self._fresh: deque[float] = deque(maxlen=freshness_samples)
 
     def dead_letter(self, reason: str) -> None:
