@@ -25,23 +25,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.nets import balanced_class_weight, fit_classifier, predict_proba
+from models.nets import balanced_class_weight, build_ensemble, fit_ensemble, predict_proba
 from models.schema import RATINGS
 
 
 @dataclass(frozen=True, slots=True)
 class RatingCNNConfig:
-    """Architecture and training settings."""
+    """Architecture and training settings.
 
-    conv_channels: tuple[int, ...] = (16, 32)
+    Defaults: candidate C2 of ``docs/models_tuning.md`` (three bagged small CNNs);
+    :meth:`original` gives the first configuration (16, 32 channels, one net), which is
+    also what :meth:`from_dict` assumes for keys missing from an older manifest.
+    """
+
+    conv_channels: tuple[int, ...] = (8, 16)
     kernel_size: int = 3
-    head: int = 32
-    dropout: float = 0.2
+    head: int = 16
+    dropout: float = 0.5
     use_static: bool = True
     lr: float = 0.002
     batch_size: int = 16
     epochs: int = 60
-    weight_decay: float = 1e-3
+    weight_decay: float = 1e-2
+    n_models: int = 3  # >1: bagged CNNs on seeds seed + 1000k, probabilities averaged
+
+    @classmethod
+    def original(cls) -> RatingCNNConfig:
+        """The configuration before tuning: conv 16, 32, head 32, dropout 0.2, weight decay 1e-3, one net."""
+        return cls(conv_channels=(16, 32), head=32, dropout=0.2, weight_decay=1e-3, n_models=1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -50,8 +61,8 @@ class RatingCNNConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RatingCNNConfig:
-        values = dict(data)
-        values["conv_channels"] = tuple(int(c) for c in values.get("conv_channels", (16, 32)))
+        values = cls.original().to_dict() | dict(data)
+        values["conv_channels"] = tuple(int(c) for c in values["conv_channels"])
         return cls(**values)
 
 
@@ -84,7 +95,7 @@ class RatingModule(nn.Module):
 class RatingCNN:
     """A trained rating CNN with its sequence standardisation."""
 
-    module: RatingModule
+    module: nn.Module  # a RatingModule, or an Ensemble of them when config.n_models > 1
     seq_mean: tuple[float, ...]
     seq_std: tuple[float, ...]
     n_static: int
@@ -105,20 +116,20 @@ class RatingCNN:
         std = tuple(float(v) if v > 1e-6 else 1.0 for v in seq.std(axis=(0, 2)))
         n_static = int(static.shape[1])
         y_int = np.asarray(y, dtype=np.int64)
-        module = fit_classifier(
-            lambda: RatingModule(seq.shape[1], n_static, config),
+        module = fit_ensemble(
+            lambda: RatingModule(seq.shape[1], n_static, config), config.n_models,
             (cls._standardise(seq, mean, std), torch.as_tensor(np.asarray(static, dtype=np.float32))),
             torch.as_tensor(y_int), seed=seed, epochs=config.epochs, batch_size=config.batch_size,
             lr=config.lr, weight_decay=config.weight_decay,
             class_weight=balanced_class_weight(y_int, len(RATINGS)), device=device,
         )
-        return cls(module.cpu(), mean, std, n_static, config)  # type: ignore[arg-type]
+        return cls(module.cpu(), mean, std, n_static, config)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor], n_channels: int, n_static: int,
                         seq_mean: tuple[float, ...], seq_std: tuple[float, ...], config: RatingCNNConfig) -> RatingCNN:
         """Rebuild from saved weights (raises RuntimeError on a shape mismatch)."""
-        module = RatingModule(n_channels, n_static, config)
+        module = build_ensemble(lambda: RatingModule(n_channels, n_static, config), config.n_models)
         module.load_state_dict(state)
         module.eval()
         return cls(module, tuple(seq_mean), tuple(seq_std), n_static, config)
