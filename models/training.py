@@ -93,7 +93,8 @@ class TrainConfig:
         return cls(
             seed=seed,
             eval=EvalConfig(n_splits=2, n_repeats=2, selection_runs=3,
-                            net=DefaultNetConfig(epochs=15), cnn=RatingCNNConfig(epochs=20),
+                            net=replace(DefaultNetConfig.paper(), epochs=15),
+                            cnn=replace(RatingCNNConfig.original(), epochs=20),
                             default_models=("bp_net", "logistic_regression", "random_forest"),
                             rating_models=("rating_cnn", "random_forest", "majority")),
             segment_ks=(2, 3, 4, 5, 6),

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the CV folds (default 2)")
     parser.add_argument("--fast", action="store_true", help="few epochs and 2x2 CV (tests, smoke runs)")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and the figures")
+    parser.add_argument("--nets", choices=("paper", "tuned"), default="paper",
+                        help="paper: paper 004's BP net and the original CNN (default); tuned: the pre-registered "
+                             "candidates chosen in docs/models_tuning.md (no better on the reporting CV)")
     parser.set_defaults(func=run)
 
 
@@ -75,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--jobs must be at least 1")
     repeats = config.eval.n_repeats if args.cv_repeats is None else args.cv_repeats
     config = replace(config, eval=replace(config.eval, n_repeats=repeats, n_jobs=args.jobs))
+    if args.nets == "tuned":
+        from models.default_net import DefaultNetConfig
+        from models.rating_cnn import RatingCNNConfig
+
+        net, cnn = DefaultNetConfig(), RatingCNNConfig()
+        if args.fast:
+            net, cnn = replace(net, epochs=config.eval.net.epochs), replace(cnn, epochs=config.eval.cnn.epochs)
+        config = replace(config, eval=replace(config.eval, net=net, cnn=cnn))
     t0 = time.perf_counter()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=False) as progress:
