@@ -18,7 +18,8 @@ Scoring path (:meth:`ModelBundle.score_many`):
 2. rating: the known rating if given, else the CNN's argmax;
 3. default probability: the *rating-aware* net, fed the selected features plus the rating
    vector: one-hot of the known rating, or the CNN's A..D probabilities (a soft one-hot)
-   when the rating is predicted. The invoice-only net's probability is available from
+   when the rating is predicted, then Platt-calibrated (``models.calibration``; fitted on
+   5-fold out-of-fold predictions at training time, stored in the manifest). The invoice-only net's probability is available from
    :meth:`ModelBundle.default_probability_invoice_only`;
 4. segment: nearest k-prototype over (selected cleaned features; rating, industry, legal form).
 """
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.calibration import Platt
 from models.cleaning import Preprocessor
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.errors import BundleError
@@ -64,6 +66,8 @@ class ModelBundle:
     net_rated: DefaultNet
     cnn: RatingCNN
     segmenter: Segmenter
+    calibration_invoice: Platt = Platt.identity()
+    calibration_rated: Platt = Platt.identity()
 
     @property
     def version(self) -> str:
@@ -94,7 +98,7 @@ class ModelBundle:
 
     def default_probability_invoice_only(self, numeric: np.ndarray) -> np.ndarray:
         """Default probability from invoice features alone, (n,)."""
-        return self.net_invoice.predict_proba(self.selected_features(numeric))
+        return self.calibration_invoice.apply(self.net_invoice.predict_proba(self.selected_features(numeric)))
 
     def score_many(self, batch: ScoringBatch) -> list[Score]:
         """Score a batch (see the module doc for which path gives each field)."""
@@ -114,7 +118,7 @@ class ModelBundle:
                 ratings.append(str(known))
             else:
                 ratings.append(RATINGS[int(probs[i].argmax())])
-        pd_ = self.net_rated.predict_proba(np.hstack([x, rating_vec]))
+        pd_ = self.calibration_rated.apply(self.net_rated.predict_proba(np.hstack([x, rating_vec])))
         cats = [(r, c[0], c[1]) for r, c in zip(ratings, batch.categorical, strict=True)]
         segments = self.segmenter.assign(x, cats)
         return [
@@ -132,7 +136,8 @@ class ModelBundle:
 
 def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence[str], net_invoice: DefaultNet,
                 net_rated: DefaultNet, cnn: RatingCNN, segmenter: Segmenter, data_hash: str,
-                metrics_summary: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> Path:
+                metrics_summary: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
+                calibration: Mapping[str, Platt] | None = None) -> Path:
     """Write a bundle directory (created if needed) and return it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,10 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
         path = out_dir / WEIGHT_FILES[key]
         torch.save(module.state_dict(), path)
         files[WEIGHT_FILES[key]] = _sha256(path)
-    version = f"{BUNDLE_FORMAT}-" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+    calibration_dict = {key: cal.to_dict() for key, cal in (calibration or {}).items()}
+    # the version names what scores: the weights and, when present, the calibration maps
+    identity: dict[str, Any] = {**files, "calibration": calibration_dict} if calibration_dict else dict(files)
+    version = f"{BUNDLE_FORMAT}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     manifest: dict[str, Any] = {
         "bundle_format": BUNDLE_FORMAT,
         "version": version,
@@ -157,6 +165,7 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
         "cnn": {"n_channels": len(SEQUENCE_CHANNELS), "n_static": cnn.n_static, "seq_mean": list(cnn.seq_mean),
                 "seq_std": list(cnn.seq_std), "config": cnn.config.to_dict()},
         "segments": segmenter.to_dict(),
+        "calibration": calibration_dict,
         "metrics": dict(metrics_summary),
         "files": files,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
@@ -238,4 +247,9 @@ def load_bundle(bundle_dir: Path | str) -> ModelBundle:
     if net_invoice.n_inputs != len(selected) or net_rated.n_inputs != len(selected) + len(RATINGS) \
             or cnn.n_static != len(selected) or segmenter.numeric_columns != selected:
         raise BundleError("input sizes in the manifest do not match the selected features", path)
-    return ModelBundle(manifest, pre, selected, net_invoice, net_rated, cnn, segmenter)
+    try:
+        calibration = manifest.get("calibration") or {}
+        cal_invoice, cal_rated = Platt.from_dict(calibration.get("net_invoice")), Platt.from_dict(calibration.get("net_rated"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"malformed calibration: {type(exc).__name__} {exc}", path) from exc
+    return ModelBundle(manifest, pre, selected, net_invoice, net_rated, cnn, segmenter, cal_invoice, cal_rated)

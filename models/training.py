@@ -18,6 +18,7 @@ import numpy as np
 
 from models.bundle import ModelBundle, load_bundle, save_bundle
 from models.cleaning import Preprocessor
+from models.calibration import Platt, out_of_fold
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.evaluation import (
     DEFAULT_MODELS,
@@ -174,7 +175,19 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
     sel_idx = [NUMERIC_FEATURES.index(c) for c in selection.selected]
     x_sel = pre.transform(x_lab)[:, sel_idx]
     net_invoice = DefaultNet.fit(x_sel, y_def, cfg.net, seed=seed)
-    net_rated = DefaultNet.fit(np.hstack([x_sel, one_hot_ratings(y_rat)]), y_def, cfg.net, seed=seed)
+    x_rated = np.hstack([x_sel, one_hot_ratings(y_rat)])
+    net_rated = DefaultNet.fit(x_rated, y_def, cfg.net, seed=seed)
+
+    # calibration: the final nets separate their training rows perfectly, so their raw outputs are
+    # 0 or 1; Platt scaling fitted on 5-fold out-of-fold predictions of the same configuration
+    # turns them into usable default probabilities (monotone: rankings and AUC unchanged)
+    def fit_predict(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, fold_seed: int) -> np.ndarray:
+        return DefaultNet.fit(x_tr, y_tr, cfg.net, seed=fold_seed).predict_proba(x_te)
+
+    calibration = {}
+    for key, x_cal in (("net_invoice", x_sel), ("net_rated", x_rated)):
+        oof = out_of_fold(fit_predict, x_cal, y_def, seed)
+        calibration[key] = Platt.identity() if np.isnan(oof).any() else Platt.fit(oof, y_def)
     cnn = RatingCNN.fit(seq_lab, x_sel, y_rat, cfg.cnn, seed=seed)
     timings["final_models"] = time.perf_counter() - t
     metrics["selection"] = {"selected": list(selection.selected), "dropped_collinear": list(selection.dropped_collinear),
@@ -192,7 +205,7 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
         if known is not None:
             rating_vec[j] = np.eye(len(RATINGS))[RATINGS.index(known)]
         ratings_all.append(known if known is not None else RATINGS[int(probs[j].argmax())])
-    pd_all = net_rated.predict_proba(np.hstack([x_all, rating_vec]))
+    pd_all = calibration["net_rated"].apply(net_rated.predict_proba(np.hstack([x_all, rating_vec])))
     cats = [(r, data.categorical[i][0], data.categorical[i][1]) for r, i in zip(ratings_all, fit_rows, strict=True)]
     costs = elbow(x_all, cats, seed, config.segment_ks, config.segment_n_init)
     k = knee(costs)
@@ -217,6 +230,7 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
     summary = _summary(metrics)
     bundle_dir = save_bundle(out_dir, preprocessor=pre, selected=selection.selected, net_invoice=net_invoice,
                              net_rated=net_rated, cnn=cnn, segmenter=segmenter, data_hash=data.content_hash(),
+                             calibration=calibration,
                              metrics_summary=summary, extra={"seed": seed, "holdout_ids": sorted(set(holdout) & set(ids))})
     bundle = load_bundle(bundle_dir)
 

@@ -162,3 +162,30 @@ def test_parallel_folds_give_the_same_cv_results() -> None:
     serial = default_cv(data.numeric, r, y, NUMERIC_FEATURES, 5, cfg)
     parallel = default_cv(data.numeric, r, y, NUMERIC_FEATURES, 5, replace(cfg, n_jobs=2))
     assert serial.summary == parallel.summary
+
+
+def test_default_probabilities_are_calibrated_and_the_calibration_travels(trained: TrainResult, tmp_path: Path) -> None:
+    from models.calibration import Platt
+
+    manifest = json.loads((trained.bundle_dir / "manifest.json").read_text())
+    assert set(manifest["calibration"]) == {"net_invoice", "net_rated"}
+    loaded = load_bundle(trained.bundle_dir)
+    assert loaded.calibration_rated == Platt.from_dict(manifest["calibration"]["net_rated"])
+    assert loaded.calibration_rated.method == "platt"
+    data = synthetic_data()
+    batch = data.batch(np.array([i for i, r in enumerate(data.ratings) if r is not None]), known=True)
+    raw = loaded.net_rated.predict_proba(np.hstack([loaded.selected_features(batch.numeric),
+                                                    np.eye(4)[[("A", "B", "C", "D").index(r) for r in batch.known_ratings]]]))
+    calibrated = np.array([s.default_probability for s in loaded.score_many(batch)])
+    # monotone map of the raw net output, strictly inside (0, 1)
+    order = np.argsort(raw, kind="stable")
+    assert np.all(np.diff(calibrated[order]) >= -1e-12)
+    assert np.all((calibrated > 0.0) & (calibrated < 1.0))
+    # a bundle written before calibration existed loads with the identity map
+    old = _copy(trained, tmp_path)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["calibration"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    plain = load_bundle(old)
+    assert plain.calibration_rated == Platt.identity()
+    assert np.allclose([s.default_probability for s in plain.score_many(batch)], raw, atol=1e-6)
