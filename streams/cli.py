@@ -12,12 +12,29 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import streams.commands
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line."""
+
+
+def load_settings() -> Settings:
+    """The settings tree from ``RISKMON_...`` variables; an invalid one is a one-line UserError."""
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"invalid RISKMON_ settings: {first['loc']}: {first['msg']}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

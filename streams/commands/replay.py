@@ -12,7 +12,7 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from streams.cli import UserError
+from streams.cli import UserError, load_settings
 
 
 def _date(text: str) -> dt.date:
@@ -78,19 +78,14 @@ async def publish(records: list, settings: object, topic: str, *, rate: float | 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
     from rich.console import Console
 
     from streams.adapters.kafka import ensure_topics
     from streams.dataset import DEFAULT_DATA_DIR
     from streams.errors import StreamError
     from streams.replay import replay_records
-    from streams.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise UserError(f"invalid RISKMON_ settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    settings = load_settings()
     data = args.data or DEFAULT_DATA_DIR
     if not (data / "invoices.csv.gz").exists() and not (data / "invoices.csv").exists():
         raise UserError(f"{data} holds no invoices.csv.gz or invoices.csv")

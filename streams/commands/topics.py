@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from streams.cli import UserError
+from streams.cli import UserError, load_settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,16 +15,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from streams.adapters.kafka import ensure_topics, topic_specs
     from streams.errors import StreamError
-    from streams.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise UserError(f"invalid RISKMON_ settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    settings = load_settings()
     if args.action == "list":
         for spec in topic_specs(settings.topics):
             cleanup = (spec.topic_configs or {}).get("cleanup.policy", "delete")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from streams.cli import UserError
+from streams.cli import UserError, load_settings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,14 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def settings_from_args(args: argparse.Namespace) -> object:
-    from pydantic import ValidationError
-
-    from streams.settings import Settings
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise UserError(f"invalid RISKMON_ settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    settings = load_settings()
     update: dict[str, object] = {}
     if args.bundle is not None:
         update["bundle_dir"] = args.bundle
