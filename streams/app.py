@@ -36,7 +36,7 @@ from streams.adapters.kafka import client_kwargs, make_producer, publish_many
 from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
 from streams.errors import StreamError
-from streams.events import AllocationSummary
+from streams.events import AllocationSummary, EnterpriseScore
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, BatchOutcome, Source, allocation_id_for, process_batch, rescore, run_allocation,
                               stale_score_ids)
@@ -227,6 +227,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions %s: %s", what, sorted(f"{tp.topic}/{tp.partition}" for tp in tps))
 
 
+def _fingerprint(scores: dict[str, EnterpriseScore]) -> tuple[int, str]:
+    """What the allocator last decided on: how many scores, and the newest of them."""
+    return len(scores), max(x.scored_at.isoformat() for x in scores.values())
+
+
 class AllocatorStep:
     """One allocator run over the current scores; publishes changed lines and the summary."""
 
@@ -245,7 +250,7 @@ class AllocatorStep:
                 scores = ctx.scores.all()
                 if len(scores) < s.allocator.min_scores:
                     return None
-                fingerprint = (len(scores), max(x.scored_at.isoformat() for x in scores.values()))
+                fingerprint = _fingerprint(scores)
                 if fingerprint == self._last_fingerprint and not force:
                     return None
                 as_of = ctx.features.watermark() or max(x.as_of for x in scores.values())
@@ -258,7 +263,7 @@ class AllocatorStep:
                 if refreshed:
                     ctx.scores.put_many(refreshed)
                     scores = {**scores, **{x.enterprise_id: x for x in refreshed}}
-                    fingerprint = (len(scores), max(x.scored_at.isoformat() for x in scores.values()))
+                    fingerprint = _fingerprint(scores)
                 outcome = run_allocation(
                     scores, ctx.lines.all(), ctx.allocate, ctx.registry, budget_yuan=s.allocator.budget_yuan,
                     solver=s.allocator.solver, as_of=as_of, now=now, allocation_id=allocation_id_for(as_of, now),

@@ -351,7 +351,7 @@ class AllocationOutcome:
 
 
 def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float, score: EnterpriseScore,
-                   reasons_now: Sequence[str] | None = None) -> list[str]:
+                   reasons_now: Sequence[str]) -> list[str]:
     """Why a line differs from the previous one (``["new"]`` without one, empty when unchanged).
 
     A line changes when its amount or rate does, or when the allocator's reasons for it do
@@ -365,7 +365,7 @@ def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float,
         reasons.append("amount_increased" if amount_yuan > previous.amount_yuan else "amount_decreased")
     if abs(rate - previous.rate) > 1e-9:
         reasons.append("rate_increased" if rate > previous.rate else "rate_decreased")
-    if reasons_now is not None and list(reasons_now) != list(previous.reasons):
+    if list(reasons_now) != list(previous.reasons):
         reasons.append("reasons_changed")
     if not reasons:
         return []
