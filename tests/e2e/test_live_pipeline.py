@@ -189,7 +189,13 @@ def test_two_workers_split_the_partitions_and_one_leads(
         wait_for(split, 90, "both workers holding disjoint partitions", workers[0])
         publish(deployment, records)
         wait_for(lambda: _applied(deployment) == n_valid, 120, "all invoices applied", workers[0])
-        health = wait_for(lambda: (hs := [w.health() for w in workers]) and all(hs) and hs, 30, "health")
+        # a worker counts a batch as processed only after publishing its scores and committing,
+        # which comes after the Redis write the wait above saw: wait for the counters to catch up
+
+        def settled() -> list[dict] | None:  # type: ignore[type-arg]
+            hs = [w.health() for w in workers]
+            return hs if all(hs) and sum(h["processed"] for h in hs) >= len(records) else None  # type: ignore[index,return-value]
+        health = wait_for(settled, 30, "both workers' processed counters")
         processed = [h["processed"] for h in health]
         leaders = [h["leader"] for h in health]
     finally:
