@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.dataset import DEFAULT_DATA_DIR
@@ -51,6 +51,16 @@ class TopicSettings(_Section):
     allocations: str = "credit-allocations"
     partitions: int = Field(default=4, ge=1)
     replication: int = Field(default=1, ge=1)
+    # None: the broker's default. On a three-broker cluster: replication 3, min_insync_replicas 2
+    # (a write acknowledged by acks=all survives the loss of any one broker)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _insync_within_replication(self) -> TopicSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication:
+            raise ValueError(f"topics.min_insync_replicas ({self.min_insync_replicas}) exceeds topics.replication "
+                             f"({self.replication}): every acks=all write would be refused")
+        return self
 
     def prefixed(self, prefix: str) -> TopicSettings:
         """The same topics with names starting with ``prefix`` (tests use unique prefixes)."""

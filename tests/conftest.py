@@ -48,6 +48,11 @@ T = TypeVar("T")
 # ----------------------------------------------------------------------------- marking
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster: starts a three-broker Kafka cluster or a Redis Cluster through scripts/services and kills a node")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test below ``tests/integration`` and ``tests/e2e`` with ``services``."""
     for item in items:

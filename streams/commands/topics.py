@@ -21,8 +21,10 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.action == "list":
         for spec in topic_specs(settings.topics):
-            cleanup = (spec.topic_configs or {}).get("cleanup.policy", "delete")
-            print(f"{spec.name}\tpartitions={spec.num_partitions}\treplication={spec.replication_factor}\t{cleanup}")
+            configs = spec.topic_configs or {}
+            cleanup = configs.get("cleanup.policy", "delete")
+            insync = f"\tmin.insync.replicas={configs['min.insync.replicas']}" if "min.insync.replicas" in configs else ""
+            print(f"{spec.name}\tpartitions={spec.num_partitions}\treplication={spec.replication_factor}\t{cleanup}{insync}")
         return 0
     try:
         created = asyncio.run(ensure_topics(settings.kafka, settings.topics))

@@ -42,9 +42,12 @@ class Deployment:
     partitions: int = 4
     log_dir: Path = field(default_factory=lambda: ROOT / "var" / "test-logs")
     invoices_topic: str | None = None  # share an existing invoices topic (benchmarks)
+    replication: int = 1  # 3 (and min_insync_replicas 2) on the three-broker cluster
+    min_insync_replicas: int | None = None
 
     def topics(self) -> TopicSettings:
-        topics = TopicSettings(partitions=self.partitions).prefixed(f"{self.name}-")
+        topics = TopicSettings(partitions=self.partitions, replication=self.replication,
+                               min_insync_replicas=self.min_insync_replicas).prefixed(f"{self.name}-")
         return topics.model_copy(update={"invoices": self.invoices_topic}) if self.invoices_topic else topics
 
     def settings(self) -> Settings:
@@ -64,12 +67,15 @@ class Deployment:
             "RISKMON_TOPICS__INVOICES": t.invoices, "RISKMON_TOPICS__DLQ": t.dlq,
             "RISKMON_TOPICS__SCORES": t.scores, "RISKMON_TOPICS__CREDIT_LINES": t.credit_lines,
             "RISKMON_TOPICS__ALLOCATIONS": t.allocations, "RISKMON_TOPICS__PARTITIONS": str(self.partitions),
+            "RISKMON_TOPICS__REPLICATION": str(self.replication),
             "RISKMON_BUNDLE_DIR": str(self.bundle_dir),
             "RISKMON_ALLOCATOR__BUDGET_YUAN": str(self.budget_yuan),
             "RISKMON_ALLOCATOR__INTERVAL_S": str(self.interval_s),
             "RISKMON_WORKER__METRICS_PORT": str(metrics_port),
             "RISKMON_STATE_DIR": str(ROOT / "var" / "faust-test"),
         })
+        if self.min_insync_replicas is not None:
+            env["RISKMON_TOPICS__MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
         return env
 
 

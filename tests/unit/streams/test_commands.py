@@ -40,6 +40,30 @@ def test_topics_list_follows_settings(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "invoices\tpartitions=8\treplication=1\tdelete" in out
 
 
+def test_topics_on_a_three_broker_cluster(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RISKMON_TOPICS__REPLICATION", "3")
+    monkeypatch.setenv("RISKMON_TOPICS__MIN_INSYNC_REPLICAS", "2")
+    assert main(["topics", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and all("\treplication=3\t" in line and line.endswith("\tmin.insync.replicas=2") for line in out)
+
+
+def test_min_insync_above_replication_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RISKMON_TOPICS__MIN_INSYNC_REPLICAS", "2")  # replication stays 1
+    assert main(["topics", "create"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "min_insync_replicas (2) exceeds topics.replication (1)" in err
+
+
+async def test_producers_are_idempotent_with_acks_all() -> None:
+    from streams.adapters.kafka import make_producer
+    from streams.settings import KafkaSettings
+
+    producer = make_producer(KafkaSettings())  # not started: no broker needed
+    assert producer._txn_manager is not None and producer._sender._acks == -1  # noqa: SLF001 - aiokafka keeps both private
+
+
 def test_settings_read_nested_env_and_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     from streams.adapters.kafka import client_kwargs
     from streams.settings import Settings

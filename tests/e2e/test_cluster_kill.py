@@ -1,0 +1,212 @@
+"""Kill tests on real clusters started by ``scripts/services`` (marked ``cluster``).
+
+* One broker of a three-node KRaft cluster is SIGKILLed in the middle of a replay of a real-data
+  slice, while a ``riskmon worker`` consumes it (topics with replication 3, ``min.insync.replicas=2``,
+  idempotent ``acks=all`` producers). Afterwards the features equal the batch fold, every message
+  is applied or dead-lettered (three bad messages are sent while the broker is down), credit lines
+  are still published, and the longest pause in applied invoices is reported.
+
+The cluster gets its own ports and state folder and is deleted afterwards. If it cannot start
+(no Java, no free ports), the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from streams.adapters.kafka import client_kwargs, ensure_topics, make_producer
+from streams.adapters.redis_store import RedisFeatureStore
+from streams.events import AllocationSummary, CreditLine, DeadLetter, InvoiceEvent
+from streams.features.fold import fold_all
+from streams.pipeline import Source, ingest
+from streams.replay import ReplayRecord, replay_records
+from streams.settings import KafkaSettings
+from tests.bundle_fixture import get_test_bundle
+from tests.e2e.clusters import LocalCluster, start_cluster
+from tests.e2e.harness import ROOT, Deployment, WorkerProcess, publish, read, wait_for
+
+pytestmark = pytest.mark.cluster
+
+# A, B, C and D-rated enterprises of the real data (~5 000 invoices)
+SLICE = ("E16", "E26", "E42", "E12", "E28", "E99")
+BAD_MESSAGES = (b"{not json", b"", b'{"event_id": "x-1", "enterprise_id": "E16"}')
+REPORT_DIR = ROOT / "var" / "test-logs"
+
+
+@pytest.fixture(scope="module")
+def records() -> list[ReplayRecord]:
+    return replay_records(enterprises=set(SLICE))
+
+
+@pytest.fixture(scope="module")
+def expected(records: list[ReplayRecord]) -> dict[str, object]:
+    now = dt.datetime(2020, 3, 1, tzinfo=dt.UTC)
+    events = [e for r in records if isinstance(e := ingest(r.value, Source("x"), now), InvoiceEvent)]
+    return fold_all(events)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    cluster = start_cluster("kafka", "kafka3")
+    if isinstance(cluster, str):
+        pytest.skip(f"three-broker Kafka cluster could not start: {cluster}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _bootstrap(cluster: LocalCluster) -> str:
+    return ",".join(f"127.0.0.1:{cluster.port(i)}" for i in range(1, cluster.nodes + 1))
+
+
+class _Progress:
+    """Samples a counter every 0.1 s in a thread; reports the longest stretch without progress."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.count()))
+            except redis.RedisError:
+                pass
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def longest_pause_s(self, after: float, total: int) -> float:
+        """Longest time between two increases of the counter after ``after``, while it was below ``total``."""
+        last_t, last_n, longest = after, None, 0.0
+        for t, n in self.samples:
+            if t < after:
+                last_n = n
+                continue
+            if last_n is None or n > last_n:
+                longest = max(longest, t - last_t)
+                last_t, last_n = t, n
+            if n >= total:
+                break
+        return longest
+
+
+async def _leaders(kafka: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (leader node id, number of replicas)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+        return {p["partition"]: (p["leader"], len(p["replicas"])) for p in described[0]["partitions"]}
+    finally:
+        await admin.close()
+
+
+async def _send_raw(kafka: KafkaSettings, topic: str, values: tuple[bytes, ...]) -> None:
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for value in values:
+            await (await producer.send(topic, value, key=b"E16"))
+    finally:
+        await producer.stop()
+
+
+def _applied(client: redis.Redis, prefix: str) -> int:
+    return sum(client.scard(f"{prefix}:v1:{{{e}}}:seen") for e in SLICE)
+
+
+def _report(name: str, data: dict[str, object]) -> None:
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORT_DIR / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in data.items()))
+
+
+def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, records: list[ReplayRecord],
+                                                expected: dict, redis_url: str, redis_prefix: str,  # type: ignore[type-arg]
+                                                unique_name: str) -> None:
+    n_valid = sum(len(s.seen) for s in expected.values())  # type: ignore[attr-defined]
+    assert n_valid == len(records)
+    d = Deployment(unique_name[:60], _bootstrap(kafka_cluster), redis_url, redis_prefix, get_test_bundle(),
+                   replication=3, min_insync_replicas=2, interval_s=1.0)
+    settings = d.settings()
+    topics = d.topics()
+    asyncio.run(ensure_topics(settings.kafka, topics))
+    leaders = asyncio.run(_leaders(settings.kafka, topics.invoices))
+    assert {replicas for _, replicas in leaders.values()} == {3}, leaders
+    victim = Counter(leader for leader, _ in leaders.values()).most_common(1)[0][0]
+    client = redis.Redis.from_url(redis_url)
+    prefix = redis_prefix.rstrip(":")
+    worker = WorkerProcess(d, "cluster-kafka")
+    try:
+        worker.wait_ready(timeout_s=180)
+        with _Progress(lambda: _applied(client, prefix)) as progress:
+            publisher = threading.Thread(target=publish, args=(d, records), kwargs={"rate": 1500}, daemon=True)
+            publisher.start()
+            wait_for(lambda: _applied(client, prefix) >= n_valid // 3, 120, "a third applied", worker, every_s=0.05)
+            killed_at = time.monotonic()
+            killed_at_ms = time.time() * 1000
+            kafka_cluster.sigkill(victim)
+            at_kill = _applied(client, prefix)
+            assert at_kill < n_valid, "the replay finished before the kill; the test proves nothing"
+            t_bad = time.monotonic()
+            asyncio.run(_send_raw(settings.kafka, topics.invoices, BAD_MESSAGES))  # acknowledged by the survivors
+            bad_acked_s = time.monotonic() - t_bad
+            publisher.join(240)
+            assert not publisher.is_alive(), "the replay did not finish within 240 s of the kill"
+            wait_for(lambda: _applied(client, prefix) == n_valid, 240, "all invoices applied after the kill", worker)
+            pause_s = progress.longest_pause_s(killed_at, n_valid)
+        wait_for(lambda: (h := worker.health()) and h["processed"] >= len(records) + len(BAD_MESSAGES), 60,
+                 "the worker's processed counter", worker)
+        result = wait_for(lambda: (r := worker.allocate()) and r.get("ran") and r, 120, "a forced allocation", worker)
+        assert worker.proc.poll() is None
+        after_kill = [AllocationSummary.model_validate_json(v) for _, v, ts in read(d, topics.allocations) if ts > killed_at_ms]
+        lines: dict[str, CreditLine] = {}
+        for key, value, _ in read(d, topics.credit_lines):
+            line = CreditLine.model_validate_json(value)
+            lines[line.enterprise_id] = line
+        dead = [DeadLetter.model_validate_json(v) for _, v, _ in read(d, topics.dlq)]
+        after = asyncio.run(_leaders(settings.kafka, topics.invoices))
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+
+    # features equal the batch fold
+    states = {s.enterprise_id: s for s in RedisFeatureStore(client, prefix).load_many(sorted(expected))}
+    for eid, want in expected.items():
+        assert states[eid].counters == want.counters, eid  # type: ignore[attr-defined]
+        assert states[eid].seen == want.seen, eid  # type: ignore[attr-defined]
+    # every message applied or dead-lettered: the valid ones are in the fold, the bad ones in the DLQ
+    assert sorted(base64.b64decode(x.raw_base64) for x in dead) == sorted(BAD_MESSAGES)
+    # credit lines keep being published after the kill, by the leader, from the survivors
+    assert after_kill and after_kill[-1].allocation_id == result["summary"]["allocation_id"]
+    assert set(lines) == set(SLICE)
+    assert sum(line.amount_yuan for line in lines.values()) <= d.budget_yuan + 1e-6
+    assert victim not in {leader for leader, _ in after.values()}
+    _report("cluster-kill-kafka", {
+        "broker_killed": victim, "partitions_it_led": sum(1 for lead, _ in leaders.values() if lead == victim),
+        "applied_at_kill": at_kill, "invoices": n_valid, "longest_pause_s": round(pause_s, 1),
+        "bad_messages_acked_after_s": round(bad_acked_s, 1), "dead_lettered": len(dead),
+        "allocations_after_kill": len(after_kill), "cluster_start_s": round(kafka_cluster.started_s, 1),
+    })
