@@ -40,10 +40,9 @@ from tests.e2e.harness import Deployment, WorkerProcess, publish, wait_for  # no
 
 
 def applied_count(client: redis.Redis, prefix: str, enterprises: list[str]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for e in enterprises:
-        pipe.scard(f"{prefix}:v1:{{{e}}}:seen")
-    return int(sum(pipe.execute()))
+    from streams.adapters.redis_store import RedisFeatureStore
+
+    return sum(s.n_events for s in RedisFeatureStore(client, prefix).load_many(enterprises))
 
 
 class RssSampler(threading.Thread):

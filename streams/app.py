@@ -318,7 +318,8 @@ def build_context(settings: Settings) -> WorkerContext:
     churn = ChurnCurves.from_csv(settings.data_dir / "churn.csv")
     from streams.adapters.cached import CachedFeatureStore
 
-    return WorkerContext(settings=settings, features=CachedFeatureStore(RedisFeatureStore(client, prefix)),
+    features = RedisFeatureStore(client, prefix, dedup_window_months=settings.redis.dedup_window_months)
+    return WorkerContext(settings=settings, features=CachedFeatureStore(features),
                          scores=RedisScoreStore(client, prefix), lines=RedisCreditLineStore(client, prefix),
                          registry=registry, scorer=scorer, allocate=make_allocate(churn))
 

@@ -38,7 +38,7 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.features.fold import EnterpriseState, invoice_delta
 from streams.features.names import classify_name
 from streams.features.vector import month_index, to_sequence, to_vector
-from streams.ports import DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore
+from streams.ports import DEAD_LETTER_VERDICTS, DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore, Verdict
 
 REASON_EMPTY: Final = "empty"
 REASON_JSON: Final = "json_invalid"
@@ -59,6 +59,9 @@ class Source:
     key: str | None = None
 
 
+_NO_SOURCE: Final = Source("")
+
+
 # --------------------------------------------------------------------------- ingest
 
 
@@ -72,6 +75,27 @@ def _reason(error: ValidationError) -> str:
     if kind == "extra_forbidden":  # the field name is the sender's text: keep metric labels bounded
         return REASON_UNKNOWN_FIELD
     return validation_reason(error)
+
+
+def _raw_bytes(raw: bytes | str | Mapping[str, object]) -> bytes:
+    if isinstance(raw, Mapping):
+        return json.dumps(raw, default=str, ensure_ascii=False).encode()
+    return raw.encode() if isinstance(raw, str) else bytes(raw)
+
+
+def dead_letter(raw: bytes | str | Mapping[str, object], source: Source, reason: str, error: str,
+                now: dt.datetime) -> DeadLetter:
+    """A :class:`DeadLetter` for one raw message: the reason, the error text and the raw bytes."""
+    return DeadLetter(
+        reason=reason,
+        error=error[:1000],
+        source_topic=source.topic,
+        source_partition=source.partition,
+        source_offset=source.offset,
+        key=source.key,
+        raw_base64=base64.b64encode(_raw_bytes(raw)).decode("ascii"),
+        failed_at=now,
+    )
 
 
 def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime) -> InvoiceEvent | DeadLetter:
@@ -92,22 +116,10 @@ def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.date
     >>> ingest(b'{"event_id": "x"}', Source("invoices"), now).reason
     'enterprise_id:missing'
     """
-    if isinstance(raw, Mapping):
-        raw_bytes = json.dumps(raw, default=str, ensure_ascii=False).encode()
-    else:
-        raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+    raw_bytes = _raw_bytes(raw)
 
     def dead(reason: str, error: str) -> DeadLetter:
-        return DeadLetter(
-            reason=reason,
-            error=error[:1000],
-            source_topic=source.topic,
-            source_partition=source.partition,
-            source_offset=source.offset,
-            key=source.key,
-            raw_base64=base64.b64encode(raw_bytes).decode("ascii"),
-            failed_at=now,
-        )
+        return dead_letter(raw_bytes, source, reason, error, now)
 
     if not raw_bytes.strip():
         return dead(REASON_EMPTY, "empty message")
@@ -131,6 +143,10 @@ class ApplyResult:
     ``touched`` is every enterprise in the batch, ``changed`` those with a newly applied
     event. The worker rescores ``touched``: after a crash between the store write and the
     score publication, the redelivered events are duplicates but the score must still go out.
+    ``duplicates`` counts Kafka redeliveries and producer re-sends (nothing changed);
+    ``rejected`` lists ``(index into events, reason)`` of the events that must become dead
+    letters (:data:`streams.ports.DEAD_LETTER_VERDICTS`: ``conflicting_redelivery``,
+    ``outside_dedup_window``); :func:`dead_letters_for` makes them.
     """
 
     touched: frozenset[str]
@@ -138,10 +154,24 @@ class ApplyResult:
     applied: int
     duplicates: int
     watermark: dt.date | None
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
-def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent]) -> ApplyResult:
+def delta_item(event: InvoiceEvent, source: Source | None = None) -> DeltaItem:
+    """What the feature store needs of one event: its delta, dedup keys and Kafka coordinates."""
+    src = source or _NO_SOURCE
+    return DeltaItem(event.enterprise_id, event.event_id, invoice_delta(event), event.enterprise_name,
+                     month=month_index(event.issue_date), content_hash=event.content_hash(),
+                     topic=src.topic, partition=src.partition, offset=src.offset)
+
+
+def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent],
+                 sources: Sequence[Source] | None = None) -> ApplyResult:
     """Fold the events into the store (one ``apply_many``) and advance the event-time watermark.
+
+    ``sources`` (one per event, the Kafka coordinates) let the store fence redelivery by offset;
+    without them (the in-process backtest) only the dedup window recognises a repeated event.
+    The watermark moves with the events that were not dead-lettered.
 
     Examples
     --------
@@ -154,21 +184,41 @@ def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent]) -> ApplyRe
     >>> r = apply_events(store, [ev, ev])
     >>> sorted(r.changed), r.applied, r.duplicates, r.watermark
     (['E1'], 1, 1, datetime.date(2019, 3, 1))
+    >>> other = ev.model_copy(update={"counterparty_id": "A8"})  # same id, other content
+    >>> apply_events(store, [other]).rejected
+    ((0, 'conflicting_redelivery'),)
     """
     if not events:
         return ApplyResult(frozenset(), frozenset(), 0, 0, store.watermark())
-    items = [DeltaItem(e.enterprise_id, e.event_id, invoice_delta(e), e.enterprise_name) for e in events]
-    flags = store.apply_many(items)
-    applied = sum(flags)
-    changed = frozenset(item.enterprise_id for item, ok in zip(items, flags, strict=True) if ok)
-    watermark = store.advance_watermark(max(e.issue_date for e in events))
+    if sources is not None and len(sources) != len(events):
+        raise ValueError(f"{len(sources)} sources for {len(events)} events")
+    items = [delta_item(e, sources[i] if sources is not None else None) for i, e in enumerate(events)]
+    verdicts = store.apply_many(items).verdicts
+    rejected = tuple((i, v.value) for i, v in enumerate(verdicts) if v in DEAD_LETTER_VERDICTS)
+    applied = sum(1 for v in verdicts if v is Verdict.APPLIED)
+    changed = frozenset(item.enterprise_id for item, v in zip(items, verdicts, strict=True) if v is Verdict.APPLIED)
+    kept = [e.issue_date for e, v in zip(events, verdicts, strict=True) if v not in DEAD_LETTER_VERDICTS]
+    watermark = store.advance_watermark(max(kept)) if kept else store.watermark()
     return ApplyResult(
         touched=frozenset(item.enterprise_id for item in items),
         changed=changed,
         applied=applied,
-        duplicates=len(items) - applied,
+        duplicates=len(items) - applied - len(rejected),
         watermark=watermark,
+        rejected=rejected,
     )
+
+
+def dead_letters_for(result: ApplyResult, raws: Sequence[bytes | str | Mapping[str, object]],
+                     sources: Sequence[Source], now: dt.datetime) -> list[DeadLetter]:
+    """The dead letters of the events the store refused (``result.rejected``), from their raw messages."""
+    out = []
+    for index, reason in result.rejected:
+        why = {"conflicting_redelivery": "event_id already applied with other content (dedup window)",
+               "outside_dedup_window": "issued before the enterprise's dedup window: a re-send could not be "
+                                       "recognised; raise redis.dedup_window_months and re-inject it"}.get(reason, reason)
+        out.append(dead_letter(raws[index], sources[index], reason, why, now))
+    return out
 
 
 # --------------------------------------------------------------------------- scoring
@@ -231,7 +281,7 @@ def rescore(
     out: list[EnterpriseScore] = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        states = store.load_many(chunk, with_seen=False)
+        states = store.load_many(chunk)
         batch = build_batch(states, registry, as_of)
         scores = scorer.score_many(batch)
         if len(scores) != len(chunk):
@@ -292,11 +342,19 @@ def process_batch(
     event-time watermark after the batch.
     """
     events: list[InvoiceEvent] = []
+    raws: list[bytes | str | Mapping[str, object]] = []
+    sources: list[Source] = []
     dead: list[DeadLetter] = []
     for raw, source in messages:
         item = ingest(raw, source, now)
-        (events if isinstance(item, InvoiceEvent) else dead).append(item)  # type: ignore[arg-type]
-    result = apply_events(features, events)
+        if isinstance(item, InvoiceEvent):
+            events.append(item)
+            raws.append(raw)
+            sources.append(source)
+        else:
+            dead.append(item)
+    result = apply_events(features, events, sources)
+    dead.extend(dead_letters_for(result, raws, sources, now))
     new_scores: list[EnterpriseScore] = []
     if scorer is not None and result.touched and result.watermark is not None:
         new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark,

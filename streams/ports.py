@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final, Protocol, TypeVar
 
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore
 from streams.features.fold import EnterpriseState
@@ -21,14 +22,70 @@ from streams.features.fold import EnterpriseState
 T_contra = TypeVar("T_contra", contravariant=True)
 
 
+class Verdict(StrEnum):
+    """What a feature store did with one event (:meth:`FeatureStore.apply_many`).
+
+    ``applied`` changed the state. ``redelivered`` (at or below the last offset applied for
+    the enterprise on that topic partition: a Kafka redelivery) and ``duplicate`` (the same
+    ``event_id`` with the same content inside the dedup window: a producer re-send) changed
+    nothing. ``conflicting_redelivery`` (the same ``event_id`` with other content inside the
+    window) and ``outside_dedup_window`` (issued more than the window's months before the
+    enterprise's newest applied invoice, so a re-send could not be recognised) changed nothing
+    and are dead letters: :data:`DEAD_LETTER_VERDICTS`. The values are the DLQ reasons.
+    """
+
+    APPLIED = "applied"
+    REDELIVERED = "redelivered"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflicting_redelivery"
+    LATE = "outside_dedup_window"
+
+
+DEAD_LETTER_VERDICTS: Final = frozenset({Verdict.CONFLICT, Verdict.LATE})
+
+#: Months of issue dates an enterprise's dedup window spans, ending with its newest applied month.
+DEFAULT_DEDUP_WINDOW_MONTHS: Final = 12
+
+
 @dataclass(frozen=True, slots=True)
 class DeltaItem:
-    """One event's contribution to one enterprise's feature state."""
+    """One event's contribution to one enterprise's feature state, and what fences its redelivery.
+
+    ``month`` is the issue month (:func:`streams.features.vector.month_index`), which picks the
+    dedup bucket; ``content_hash`` tells a conflicting re-send from a plain one (empty: the
+    store hashes ``delta``). ``topic``/``partition``/``offset`` are the Kafka coordinates
+    (``offset=-1``: none, as in the in-process backtest); an enterprise's events share one
+    partition (key = enterprise id), so its last applied offset fences Kafka redelivery.
+    """
 
     enterprise_id: str
     event_id: str
     delta: Mapping[str, int]
     name: str | None = None  # the enterprise name carried by the event, if any
+    month: int = 0
+    content_hash: str = ""
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StoreWrite:
+    """What :meth:`FeatureStore.apply_many` did: one verdict per item, and the counters after it.
+
+    ``counters`` maps every enterprise of the batch to the value, after the write, of every
+    counter its items name (counterparty summaries included; counterparty counters not), read
+    in the same atomic step as the write: a cache that sets these values holds exactly what
+    the store holds, whatever was applied before a failed attempt.
+    """
+
+    verdicts: list[Verdict]
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> list[bool]:
+        """One flag per item: True where it was applied."""
+        return [v is Verdict.APPLIED for v in self.verdicts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +98,41 @@ class EnterpriseInfo:
 
 
 class FeatureStore(Protocol):
-    """Per-enterprise feature state (the fold's counters), idempotent on the event id."""
+    """Per-enterprise feature state (the fold's counters), applied exactly once with bounded memory.
+
+    A store keeps, per enterprise: the counters, the counterparty counters, the name, the last
+    applied offset per topic partition, and a dedup window of ``(event_id hash, content hash)``
+    per issue month for the newest ``window`` months (older months are dropped as the
+    enterprise's newest month advances). So memory grows with enterprises x months, plus the
+    invoices of the window, never with every invoice of history. See :class:`Verdict` for what
+    is caught; not caught: the same ``event_id`` sent for two different enterprises (two events).
+    """
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
-        """Add ``delta`` unless ``event_id`` was applied before; True if applied, False if a duplicate."""
+        """Apply one event without Kafka coordinates; True if applied (see :meth:`apply_many`)."""
         ...
 
-    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
-        """:meth:`apply` for a micro-batch (one round trip on a remote store), in order."""
+    def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
+        """Apply a micro-batch: per enterprise, one atomic write of its folded deltas (one round trip).
+
+        Items are judged in order (an enterprise's items in offset order); within one batch a
+        repeated ``event_id`` is judged against the first. Raises ValueError for a delta that
+        :func:`streams.features.fold.check_delta` refuses, and StoreUnavailable when the store
+        is down (nothing or part of the batch may have been written: apply the same items again).
+        """
         ...
 
     def load(self, enterprise_id: str) -> EnterpriseState:
-        """The current state (an empty one for an enterprise never seen)."""
+        """The current state (an empty one for an enterprise never seen); ``seen`` is always empty."""
         ...
 
-    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = False,
+                  with_counterparties: bool = False) -> list[EnterpriseState]:
         """:meth:`load` for many enterprises, in order.
 
-        ``with_seen=False`` leaves ``seen`` empty: scoring needs only the counters, and the
-        seen-sets of busy enterprises are large.
+        Scoring needs the counters only (counterparty summaries included); the counterparty
+        counters themselves are read only with ``with_counterparties=True``. ``with_seen`` is
+        accepted for compatibility and ignored: stores keep no set of every event id.
         """
         ...
 

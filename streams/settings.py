@@ -1,7 +1,7 @@
 """One settings tree, read once in ``main()`` from ``RISKMON_...`` environment variables.
 
 Nested fields use ``__``: ``RISKMON_KAFKA__BOOTSTRAP=host:9092``,
-``RISKMON_REDIS__URL=redis://host:6379/0``, ``RISKMON_ALLOCATOR__BUDGET_YUAN=1e8``,
+``RISKMON_REDIS__URL=redis://host:6379/0`` (``redis+cluster://host:7000/0`` for a Redis Cluster), ``RISKMON_ALLOCATOR__BUDGET_YUAN=1e8``,
 ``RISKMON_TOPICS__INVOICES=invoices``. Secrets are :class:`~pydantic.SecretStr`.
 
 Examples
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.dataset import DEFAULT_DATA_DIR
+from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +77,8 @@ class RedisSettings(_Section):
     ssl_ca_certs: Path | None = None
     prefix: str = "riskmon"
     socket_timeout_s: float = 5.0
+    # months of issue dates whose event ids the feature store remembers per enterprise (its dedup window)
+    dedup_window_months: int = Field(default=DEFAULT_DEDUP_WINDOW_MONTHS, ge=1, le=1200)
 
 
 class WorkerSettings(_Section):

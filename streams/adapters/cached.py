@@ -1,10 +1,13 @@
 """A read-through cache in front of a FeatureStore, for the worker that owns an enterprise's partition.
 
 Kafka partitions are keyed by enterprise, so between two rebalances one worker is the only
-writer of an enterprise's features. The cache keeps the counters it has loaded and adds
-the deltas that the inner store reports as *applied* (duplicates are skipped by the inner
-store's verdict, so the cache follows it exactly); rescoring then reads no Redis at all.
-The worker calls :meth:`invalidate` on every partition assignment or revocation.
+writer of an enterprise's features. The cache keeps the counters it has loaded and, after
+each write, sets the values the inner store returns for every counter the batch named
+(:class:`~streams.ports.StoreWrite`: read in the same atomic step as the write), so a score
+is computed from exactly what the store holds, even when an earlier attempt of the batch
+was applied before a failure. A write that fails drops the whole cache (the store may have
+restarted with less), and the worker calls :meth:`invalidate` on every partition
+assignment or revocation. Rescoring then reads no Redis at all in the steady state.
 
 Examples
 --------
@@ -14,7 +17,7 @@ Examples
 >>> store.apply("E1", "a", {"n": 1}); store.load_many(["E1"], with_seen=False)[0].counters
 True
 {'n': 1}
->>> store.apply("E1", "a", {"n": 1}), store.apply("E1", "b", {"n": 2}), store.load_many(["E1"], with_seen=False)[0].counters
+>>> store.apply("E1", "a", {"n": 1}), store.apply("E1", "b", {"n": 2}), store.load_many(["E1"])[0].counters
 (False, True, {'n': 3})
 """
 
@@ -25,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from streams.features.fold import EnterpriseState
-from streams.ports import DeltaItem, FeatureStore
+from streams.ports import DeltaItem, FeatureStore, StoreWrite
 
 
 class CachedFeatureStore:
@@ -43,34 +46,37 @@ class CachedFeatureStore:
         self._cache = OrderedDict()  # a batch in flight keeps the old dict; nothing is cleared under it
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
-        return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)])[0]
+        return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
 
-    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
-        flags = self.inner.apply_many(items)
+    def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
+        try:
+            write = self.inner.apply_many(items)
+        except Exception:
+            self.invalidate()  # part of the batch may be in the store, or the store lost recent writes
+            raise
         cache = self._cache
-        for item, applied in zip(items, flags, strict=True):
+        for item in items:
             state = cache.get(item.enterprise_id)
-            if state is None:
-                continue
-            if item.name and state.name is None:
+            if state is not None and item.name and state.name is None:
                 state.name = item.name
-            if applied:
-                counters = state.counters
-                for key, inc in item.delta.items():
-                    counters[key] = counters.get(key, 0) + inc
-        return flags
+        for eid, values in write.counters.items():
+            state = cache.get(eid)
+            if state is not None:
+                state.counters.update(values)
+        return write
 
     def load(self, enterprise_id: str) -> EnterpriseState:
         return self.inner.load(enterprise_id)
 
-    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
-        if with_seen:  # the seen-sets are not cached: ask the inner store
-            return self.inner.load_many(enterprise_ids, with_seen=True)
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = False,
+                  with_counterparties: bool = False) -> list[EnterpriseState]:
+        if with_counterparties:  # not cached: ask the inner store
+            return self.inner.load_many(enterprise_ids, with_counterparties=True)
         cache = self._cache
         missing = [e for e in dict.fromkeys(enterprise_ids) if e not in cache]
         self.misses += len(missing)
         self.hits += len(enterprise_ids) - len(missing)
-        for state in self.inner.load_many(missing, with_seen=False) if missing else ():
+        for state in self.inner.load_many(missing) if missing else ():
             cache[state.enterprise_id] = state
         out = []
         for eid in enterprise_ids:

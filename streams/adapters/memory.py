@@ -9,6 +9,8 @@ True
 False
 >>> store.load("E1").counters
 {'m:201901:n_out': 1}
+>>> store.apply_many([DeltaItem("E1", "ev-1", {"m:201901:n_out": 5})]).verdicts
+[<Verdict.CONFLICT: 'conflicting_redelivery'>]
 """
 
 from __future__ import annotations
@@ -20,48 +22,71 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from streams.events import CreditLine, EnterpriseScore
-from streams.features.fold import EnterpriseState
-from streams.ports import DeltaItem, EnterpriseInfo
+from streams.adapters.dedup import DedupState, commit, judge
+from streams.features.fold import EnterpriseState, check_delta, counter_fields, fold_delta
+from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
 
 T = TypeVar("T")
 
 
-def _copy(state: EnterpriseState) -> EnterpriseState:
-    return EnterpriseState(state.enterprise_id, dict(state.counters), set(state.seen), state.name)
+def _copy(state: EnterpriseState, *, with_counterparties: bool = True) -> EnterpriseState:
+    return EnterpriseState(state.enterprise_id, dict(state.counters), set(), state.name,
+                           dict(state.counterparties) if with_counterparties else {})
 
 
 class InMemoryFeatureStore:
-    """Feature state in a dict of :class:`EnterpriseState` (same semantics as the Redis store).
+    """Feature state in dicts, with the Redis store's exactly-once rule (:mod:`streams.adapters.dedup`).
 
     ``load`` returns a copy, so callers can never change the store behind its back.
     """
 
-    def __init__(self, states: dict[str, EnterpriseState] | None = None) -> None:
-        self._states: dict[str, EnterpriseState] = {} if states is None else states
+    def __init__(self, dedup_window_months: int = DEFAULT_DEDUP_WINDOW_MONTHS) -> None:
+        self._states: dict[str, EnterpriseState] = {}
+        self._dedup: dict[str, DedupState] = {}
+        self._window = dedup_window_months
         self._watermark: dt.date | None = None
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
-        state = self._states.get(enterprise_id)
-        if state is None:
-            state = self._states[enterprise_id] = EnterpriseState(enterprise_id)
-        if name and state.name is None:
-            state.name = name
-        return state.apply_delta(event_id, delta)
+        return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
 
-    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
-        return [self.apply(i.enterprise_id, i.event_id, i.delta, i.name) for i in items]
+    def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
+        for item in items:
+            check_delta(item.delta)
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(item.enterprise_id, []).append(index)
+        verdicts: list[Verdict] = [Verdict.APPLIED] * len(items)
+        counters: dict[str, dict[str, int]] = {}
+        for eid, indices in groups.items():
+            group = [items[i] for i in indices]
+            dedup = self._dedup.setdefault(eid, DedupState())
+            judgement = judge(dedup, group, self._window)
+            state = self._states.get(eid)
+            if state is None and Verdict.APPLIED in judgement.verdicts:
+                state = self._states[eid] = EnterpriseState(eid)
+            if state is not None:
+                for item, verdict in zip(group, judgement.verdicts, strict=True):
+                    if verdict is Verdict.APPLIED:
+                        fold_delta(state.counters, state.counterparties, item.delta)
+                        if item.name and state.name is None:
+                            state.name = item.name
+            commit(dedup, judgement, self._window)
+            for i, verdict in zip(indices, judgement.verdicts, strict=True):
+                verdicts[i] = verdict
+            fields = counter_fields(key for item in group for key in item.delta)
+            now = state.counters if state is not None else {}
+            counters[eid] = {f: now.get(f, 0) for f in fields}
+        return StoreWrite(verdicts, counters)
 
     def load(self, enterprise_id: str) -> EnterpriseState:
-        state = self._states.get(enterprise_id)
-        return _copy(state) if state is not None else EnterpriseState(enterprise_id)
+        return self.load_many([enterprise_id], with_counterparties=True)[0]
 
-    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
-        if with_seen:
-            return [self.load(e) for e in enterprise_ids]
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = False,
+                  with_counterparties: bool = False) -> list[EnterpriseState]:
         out = []
         for eid in enterprise_ids:
             state = self._states.get(eid)
-            out.append(EnterpriseState(eid, dict(state.counters), set(), state.name) if state else EnterpriseState(eid))
+            out.append(_copy(state, with_counterparties=with_counterparties) if state else EnterpriseState(eid))
         return out
 
     def enterprise_ids(self) -> set[str]:

@@ -1,86 +1,163 @@
-"""Redis adapters: feature state (atomic, idempotent Lua), current scores, credit lines, registry.
+"""Redis adapters: feature state (atomic, exactly-once Lua), current scores, credit lines, registry.
 
-Keys are versioned and hash-tagged per enterprise, so every key one script touches
-lives in the same Redis Cluster slot::
+Key layout (``docs/streaming.md``, "Redis layout"). Every key one Lua call touches carries
+the enterprise's hash tag, so it lives in one Redis Cluster slot; portfolio-wide state is
+split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every enterprise::
 
-    {prefix}:v1:{E123}:counters   hash  counter name -> integer (the fold's counters)
-    {prefix}:v1:{E123}:seen       set   event ids already applied
-    {prefix}:v1:{E123}:meta       hash  name
-    {prefix}:v1:enterprises       set   enterprise ids (written beside the script, not in it)
-    {prefix}:v1:watermark         str   the latest issue date applied (ISO, compared as text)
-    {prefix}:v1:scores            hash  enterprise id -> EnterpriseScore JSON
-    {prefix}:v1:lines             hash  enterprise id -> CreditLine JSON
-    {prefix}:v1:registry          hash  enterprise id -> {"name":..., "rating":...} JSON
+    {prefix}:v2:{E123}:counters     hash  month counters and counterparty summaries (what scoring reads)
+    {prefix}:v2:{E123}:cp           hash  counterparty counters cp:{d}:{id} / cpa:{d}:{id}
+    {prefix}:v2:{E123}:meta         hash  name; newest (newest applied issue month); {topic}/{partition} -> last applied offset
+    {prefix}:v2:{E123}:dd:{YYYYMM}  hash  dedup window: blake2b-8(event_id) -> content hash, newest `window` months only
+    {prefix}:v2:{sNN}:enterprises   set   enterprise ids of bucket NN (crc32(id) % SHARDS)
+    {prefix}:v2:{sNN}:scores        hash  enterprise id -> EnterpriseScore JSON
+    {prefix}:v2:{sNN}:lines         hash  enterprise id -> CreditLine JSON
+    {prefix}:v2:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
+    {prefix}:v2:watermark           str   the latest issue date applied (ISO, compared as text)
 
-A micro-batch is one pipelined round trip: one EVALSHA per enterprise in the batch
-(all its events), each of which SADDs every event id to the seen-set and HINCRBYs the
-counters only when the id was new, so a redelivered event never counts twice.
+A micro-batch is one pipelined round trip, not a transaction: per enterprise one EVALSHA
+carrying the batch's deltas folded in Python into one sum, plus one SADD per bucket. The
+script judges every event (offset fence, dedup window; :mod:`streams.adapters.dedup` is the
+same rule in Python) and, when all are new, adds the sum and records them; otherwise it
+writes nothing and says why, and the store sends the applied ones again, folded anew (a
+second round trip, only for enterprises with a duplicate or a dead letter in the batch).
+Either way the script returns the counters the batch named, after the write.
 The clients are synchronous (redis-py): the worker runs a batch's store work in one
 executor thread, which keeps the pipeline functions shared with the in-process backtest.
+``redis+cluster://`` (or ``rediss+cluster://``) URLs select redis-py's cluster client.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
 import redis
+import redis.cluster
 
+from streams.adapters.dedup import content_key, fence_field, id_hash
 from streams.errors import CorruptState, StoreUnavailable
 from streams.events import CreditLine, EnterpriseScore
-from streams.features.fold import EnterpriseState
-from streams.ports import DeltaItem, EnterpriseInfo
+from streams.features.fold import EnterpriseState, check_delta
+from streams.ports import DEAD_LETTER_VERDICTS, DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
 from streams.settings import RedisSettings
 
-KEY_VERSION: Final = "v1"
-_WHITESPACE: Final = re.compile(r"\s")
+KEY_VERSION: Final = "v2"
+#: Buckets of the portfolio-wide hashes (scores, lines, registry, enterprise sets); part of the layout.
+SHARDS: Final = 16
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_VERDICTS: Final = {"a": Verdict.APPLIED, "r": Verdict.REDELIVERED, "d": Verdict.DUPLICATE,
+                    "c": Verdict.CONFLICT, "l": Verdict.LATE}
 
-# KEYS: seen, counters, meta.  ARGV: name ('' = none), then per event: event_id, "k1 v1 k2 v2 ..."
-# (counter names never hold whitespace: counterparty ids are validated to exclude it).
-# Returns one flag per event: 1 applied, 0 duplicate.
+# KEYS: counters, cp, meta (one slot: the enterprise's tag; the dedup keys are built from ARGV[4], same tag).
+# ARGV: name ('' none), fence field ('' none), window months, dedup key prefix, n events, fence ceiling
+#       (-1: none; a resent subset must not fence past a dead letter left out of it), then per event: id hash, content hash, issue month index, offset; then the folded delta: key, value, ...
+# Returns {verdicts (one letter per event: a r d c l), field, value, ...} with every counter the delta names.
 _APPLY_LUA: Final = """
-local name = ARGV[1]
-local flags = {}
-local sums = {}
-local order = {}
-for i = 2, #ARGV, 2 do
-  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
-    local key = nil
-    for token in string.gmatch(ARGV[i + 1], '%S+') do
-      if key == nil then
-        key = token
-      else
-        local cur = sums[key]
-        if #token > 15 then
-          -- beyond 15 digits a Lua double is not exact: let Redis add the 64-bit integer itself
-          redis.call('HINCRBY', KEYS[2], key, token)
-        elseif cur == nil then
-          order[#order + 1] = key
-          sums[key] = tonumber(token)
-        elseif math.abs(cur) > 4e15 then
-          redis.call('HINCRBY', KEYS[2], key, string.format('%d', cur))
-          sums[key] = tonumber(token)
-        else
-          sums[key] = cur + tonumber(token)
-        end
-        key = nil
-      end
-    end
-    flags[#flags + 1] = 1
+local counters, cps, meta = KEYS[1], KEYS[2], KEYS[3]
+local name, fence, window, ddprefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local n, ceiling = tonumber(ARGV[5]), tonumber(ARGV[6])
+local first_delta = 7 + 4 * n
+local function ddkey(m) return ddprefix .. string.format('%04d%02d', math.floor(m / 12), m % 12 + 1) end
+local function bigger(a, b)  -- non-negative integers as decimal strings
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local function as_text(v, key, hash)  -- HINCRBY replies are doubles in Lua: exact below 2^53 only
+  if math.abs(v) < 2^53 then return string.format('%d', v) end
+  return redis.call('HGET', hash, key)
+end
+local last = -1
+if fence ~= '' then last = tonumber(redis.call('HGET', meta, fence) or '-1') end
+local old_newest = tonumber(redis.call('HGET', meta, 'newest') or '0')
+local newest = old_newest
+local verdicts, pending, recorded = {}, {}, {}
+local fence_to, blocked, all_new = -1, false, true
+for i = 0, n - 1 do
+  local at = 7 + 4 * i
+  local idh, content, month, off = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  local v
+  if fence ~= '' and off <= last then
+    v = 'r'
+  elseif month <= newest - window then
+    v = 'l'
   else
-    flags[#flags + 1] = 0
+    local pk = month .. ':' .. idh
+    local prev = pending[pk]
+    if prev == nil then prev = redis.call('HGET', ddkey(month), idh) end
+    if not prev then
+      v = 'a'
+      pending[pk] = content
+      recorded[#recorded + 1] = {month, idh, content}
+      if month > newest then newest = month end
+    elseif prev == content then
+      v = 'd'
+    else
+      v = 'c'
+    end
+  end
+  verdicts[#verdicts + 1] = v
+  if v ~= 'a' then all_new = false end
+  if fence ~= '' then
+    if v == 'c' or v == 'l' then blocked = true
+    elseif (not blocked) and off > fence_to then fence_to = off end
   end
 end
--- one HINCRBY per distinct counter of the batch (sums stay below 2^53, where doubles are exact)
-for _, key in ipairs(order) do
-  redis.call('HINCRBY', KEYS[2], key, string.format('%d', sums[key]))
+if all_new and n > 0 then
+  for j = first_delta, #ARGV, 2 do
+    local key, inc = ARGV[j], ARGV[j + 1]
+    local d = string.match(key, '^cp:([^:]*)')
+    local da = string.match(key, '^cpa:([^:]*)')
+    if d then
+      local new = redis.call('HINCRBY', cps, key, inc)
+      local old = new - tonumber(inc)
+      if old <= 0 and new > 0 then redis.call('HINCRBY', counters, 's:ncp_' .. d, 1)
+      elseif new <= 0 and old > 0 then redis.call('HINCRBY', counters, 's:ncp_' .. d, -1) end
+    elseif da then
+      local new = as_text(redis.call('HINCRBY', cps, key, inc), key, cps)
+      redis.call('HINCRBY', counters, 's:cpasum_' .. da, inc)
+      local cur = redis.call('HGET', counters, 's:cpamax_' .. da)
+      if (not cur) or bigger(new, cur) then redis.call('HSET', counters, 's:cpamax_' .. da, new) end
+    else
+      redis.call('HINCRBY', counters, key, inc)
+    end
+  end
+  if ceiling >= 0 and fence_to > ceiling then fence_to = ceiling end
+  if fence ~= '' and fence_to > last then redis.call('HSET', meta, fence, fence_to) end
+  if newest > old_newest then
+    for m = math.max(old_newest - window + 1, 0), math.min(newest - window, old_newest) do
+      redis.call('DEL', ddkey(m))
+    end
+    redis.call('HSET', meta, 'newest', newest)
+  end
+  for _, r in ipairs(recorded) do
+    if r[1] > newest - window then redis.call('HSET', ddkey(r[1]), r[2], r[3]) end
+  end
+  if name ~= '' then redis.call('HSETNX', meta, 'name', name) end
 end
-if name ~= '' then redis.call('HSETNX', KEYS[3], 'name', name) end
-return flags
+local fields, named = {}, {}
+for j = first_delta, #ARGV, 2 do
+  local key = ARGV[j]
+  local d = string.match(key, '^cpa?:([^:]*)')
+  local names = d and {'s:ncp_' .. d, 's:cpasum_' .. d, 's:cpamax_' .. d} or {key}
+  for _, f in ipairs(names) do
+    if not named[f] then named[f] = true; fields[#fields + 1] = f end
+  end
+end
+local out = {table.concat(verdicts)}
+for start = 1, #fields, 1000 do
+  local chunk = {}
+  for k = start, math.min(start + 999, #fields) do chunk[#chunk + 1] = fields[k] end
+  local values = redis.call('HMGET', counters, unpack(chunk))
+  for k, f in ipairs(chunk) do
+    out[#out + 1] = f
+    out[#out + 1] = values[k] or '0'
+  end
+end
+return out
 """
 
 _WATERMARK_LUA: Final = """
@@ -93,8 +170,12 @@ return cur
 """
 
 
-def connect(settings: RedisSettings) -> redis.Redis:
-    """A client from settings (AUTH and TLS included); connects lazily, on first use."""
+def connect(settings: RedisSettings) -> Any:
+    """A client from settings (AUTH and TLS included); connects lazily, on first use.
+
+    ``redis+cluster://host:port/0`` (``rediss+cluster://`` with TLS) gives redis-py's
+    :class:`redis.cluster.RedisCluster`, which routes each key to the master of its slot.
+    """
     kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s, "socket_connect_timeout": settings.socket_timeout_s}
     if settings.username:
         kwargs["username"] = settings.username
@@ -104,6 +185,9 @@ def connect(settings: RedisSettings) -> redis.Redis:
         kwargs["ssl"] = True
         if settings.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+    scheme, sep, rest = settings.url.partition("://")
+    if sep and scheme in _CLUSTER_SCHEMES:
+        return redis.cluster.RedisCluster.from_url(f"{_CLUSTER_SCHEMES[scheme]}://{rest}", **kwargs)
     return redis.Redis.from_url(settings.url, **kwargs)
 
 
@@ -117,6 +201,17 @@ def _translated(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis unavailable during {what}: {exc}; is redis-server up (scripts/services up)?") from exc
 
 
+def shard_of(enterprise_id: str) -> int:
+    """The bucket of an enterprise in the portfolio-wide hashes (stable: crc32).
+
+    Examples
+    --------
+    >>> shard_of("E1"), shard_of("E1") == shard_of("E1")
+    (5, True)
+    """
+    return zlib.crc32(enterprise_id.encode()) % SHARDS
+
+
 class _Keys:
     def __init__(self, prefix: str) -> None:
         self.base = f"{prefix}:{KEY_VERSION}"
@@ -127,49 +222,104 @@ class _Keys:
     def glob(self, kind: str) -> str:
         return f"{self.base}:{kind}"
 
+    def shard(self, n: int, kind: str) -> str:
+        return f"{self.base}:{{s{n:02d}}}:{kind}"
+
+    def shards(self, kind: str) -> list[str]:
+        return [self.shard(n, kind) for n in range(SHARDS)]
+
+
+def _by_shard(ids: Sequence[str]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for eid in ids:
+        out.setdefault(shard_of(eid), []).append(eid)
+    return out
+
 
 class RedisFeatureStore:
-    """:class:`streams.ports.FeatureStore` on Redis."""
+    """:class:`streams.ports.FeatureStore` on Redis (see the module docstring for the layout)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "riskmon") -> None:
+    def __init__(self, client: Any, prefix: str = "riskmon", *,
+                 dedup_window_months: int = DEFAULT_DEDUP_WINDOW_MONTHS) -> None:
         self._r = client
         self._k = _Keys(prefix)
+        self._window = str(dedup_window_months)
         self._apply = client.register_script(_APPLY_LUA)
         self._advance = client.register_script(_WATERMARK_LUA)
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
-        return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)])[0]
+        return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
 
-    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
+    def _call(self, pipe: Any, eid: str, fence: str | None, group: Sequence[DeltaItem], ceiling: int) -> None:
+        name = next((item.name for item in group if item.name), None) or ""
+        args: list[str | bytes | int] = [name, fence or "", self._window, self._k.ent(eid, "dd:"), len(group), ceiling]
+        folded: dict[str, int] = {}
+        for item in group:
+            args += [id_hash(item.event_id), content_key(item), item.month, item.offset]
+            for key, inc in item.delta.items():
+                folded[key] = folded.get(key, 0) + inc
+        for key, total in folded.items():
+            args += [key, total]
+        self._apply(keys=[self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")],
+                    args=args, client=pipe)
+
+    def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
         if not items:
-            return []
-        groups: dict[str, list[int]] = {}
+            return StoreWrite([], {})
+        for item in items:
+            check_delta(item.delta)
+        groups: dict[tuple[str, str | None], list[int]] = {}
         for index, item in enumerate(items):
-            groups.setdefault(item.enterprise_id, []).append(index)
-        flags = [False] * len(items)
-        with _translated("apply_many"):
-            pipe = self._r.pipeline(transaction=False)
-            for eid, indices in groups.items():
-                name = next((items[i].name for i in indices if items[i].name), None) or ""
-                args: list[str] = [name]
-                for i in indices:
-                    if any(_WHITESPACE.search(key) for key in items[i].delta):
-                        raise ValueError(f"counter names must not contain whitespace: {sorted(items[i].delta)}")
-                    args.append(items[i].event_id)
-                    args.append(" ".join(f"{key} {int(inc)}" for key, inc in items[i].delta.items()))
-                self._apply(keys=[self._k.ent(eid, "seen"), self._k.ent(eid, "counters"), self._k.ent(eid, "meta")],
-                            args=args, client=pipe)
-            pipe.sadd(self._k.glob("enterprises"), *groups)
-            results = pipe.execute()
-        for indices, group_flags in zip(groups.values(), results, strict=False):
-            for i, flag in zip(indices, group_flags, strict=True):
-                flags[i] = bool(flag)
-        return flags
+            groups.setdefault((item.enterprise_id, fence_field(item)), []).append(index)
+        verdicts: list[Verdict] = [Verdict.APPLIED] * len(items)
+        counters: dict[str, dict[str, int]] = {}
+        todo = {key: indices for key, indices in groups.items()}
+        ceilings: dict[tuple[str, str | None], int] = {}  # the fence stays below a group's first dead letter
+        first = True
+        for _attempt in range(4):
+            with _translated("apply_many"):
+                pipe = self._r.pipeline(transaction=False)
+                for (eid, fence), indices in todo.items():
+                    self._call(pipe, eid, fence, [items[i] for i in indices], ceilings.get((eid, fence), -1))
+                if first:
+                    for n, ids in _by_shard(list(dict.fromkeys(eid for eid, _ in groups))).items():
+                        pipe.sadd(self._k.shard(n, "enterprises"), *ids)
+                results = pipe.execute()
+            again: dict[tuple[str, str | None], list[int]] = {}
+            for (key, indices), result in zip(todo.items(), results, strict=False):
+                letters = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+                values = counters.setdefault(key[0], {})
+                for f, v in zip(result[1::2], result[2::2], strict=True):
+                    try:
+                        values[f.decode()] = int(v)
+                    except ValueError as exc:
+                        raise CorruptState(f"non-integer counter {f!r} for {key[0]} under {self._k.base}") from exc
+                judged = [_VERDICTS[ch] for ch in letters]
+                dead = [items[i].offset for i, v in zip(indices, judged, strict=True) if v in DEAD_LETTER_VERDICTS]
+                if dead:
+                    ceilings[key] = min([ceilings.get(key, dead[0]), *dead]) - 1
+                if first:
+                    for i, verdict in zip(indices, judged, strict=True):
+                        verdicts[i] = verdict
+                    applied = [i for i, v in zip(indices, judged, strict=True) if v is Verdict.APPLIED]
+                    if applied and len(applied) < len(indices):  # nothing written: send the new ones alone
+                        again[key] = applied
+                elif any(v is not Verdict.APPLIED for v in judged):  # judged again differently: a second writer
+                    for i, verdict in zip(indices, judged, strict=True):
+                        verdicts[i] = verdict
+                    applied = [i for i, v in zip(indices, judged, strict=True) if v is Verdict.APPLIED]
+                    if applied:
+                        again[key] = applied
+            if not again:
+                return StoreWrite(verdicts, counters)
+            todo, first = again, False
+        raise StoreUnavailable("apply_many: the verdicts kept changing between attempts (another writer?)")
 
     def load(self, enterprise_id: str) -> EnterpriseState:
-        return self.load_many([enterprise_id])[0]
+        return self.load_many([enterprise_id], with_counterparties=True)[0]
 
-    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = True) -> list[EnterpriseState]:
+    def load_many(self, enterprise_ids: Sequence[str], *, with_seen: bool = False,
+                  with_counterparties: bool = False) -> list[EnterpriseState]:
         if not enterprise_ids:
             return []
         with _translated("load_many"):
@@ -177,24 +327,27 @@ class RedisFeatureStore:
             for eid in enterprise_ids:
                 pipe.hgetall(self._k.ent(eid, "counters"))
                 pipe.hget(self._k.ent(eid, "meta"), "name")
-                if with_seen:
-                    pipe.smembers(self._k.ent(eid, "seen"))
+                if with_counterparties:
+                    pipe.hgetall(self._k.ent(eid, "cp"))
             results = pipe.execute()
-        step = 3 if with_seen else 2
+        step = 3 if with_counterparties else 2
         out = []
         for n, eid in enumerate(enterprise_ids):
             counters_raw, name, *rest = results[n * step : (n + 1) * step]
             try:
                 counters = {k.decode(): int(v) for k, v in counters_raw.items()}
+                cps = {k.decode(): int(v) for k, v in rest[0].items()} if with_counterparties else {}
             except ValueError as exc:
                 raise CorruptState(f"non-integer counter for {eid} under {self._k.base}: {exc}") from exc
-            seen = {s.decode() for s in rest[0]} if with_seen else set()
-            out.append(EnterpriseState(eid, counters, seen, name.decode() if name else None))
+            out.append(EnterpriseState(eid, counters, set(), name.decode() if name else None, cps))
         return out
 
     def enterprise_ids(self) -> set[str]:
         with _translated("enterprise_ids"):
-            return {m.decode() for m in self._r.smembers(self._k.glob("enterprises"))}
+            pipe = self._r.pipeline(transaction=False)
+            for key in self._k.shards("enterprises"):
+                pipe.smembers(key)
+            return {m.decode() for members in pipe.execute() for m in members}
 
     def watermark(self) -> dt.date | None:
         with _translated("watermark"):
@@ -207,45 +360,64 @@ class RedisFeatureStore:
         return dt.date.fromisoformat(raw.decode() if isinstance(raw, bytes) else str(raw))
 
 
+class _ShardedHash:
+    """A portfolio-wide map enterprise id -> bytes, split into SHARDS hashes by a bucket tag."""
+
+    def __init__(self, client: Any, prefix: str, kind: str) -> None:
+        self._r = client
+        self._k = _Keys(prefix)
+        self._kind = kind
+
+    def put(self, mapping: Mapping[str, str], what: str) -> None:
+        if not mapping:
+            return
+        with _translated(what):
+            pipe = self._r.pipeline(transaction=False)
+            for n, ids in _by_shard(list(mapping)).items():
+                pipe.hset(self._k.shard(n, self._kind), mapping={eid: mapping[eid] for eid in ids})
+            pipe.execute()
+
+    def get(self, enterprise_id: str, what: str) -> bytes | None:
+        with _translated(what):
+            raw: bytes | None = self._r.hget(self._k.shard(shard_of(enterprise_id), self._kind), enterprise_id)
+        return raw
+
+    def all(self, what: str) -> dict[str, bytes]:
+        with _translated(what):
+            pipe = self._r.pipeline(transaction=False)
+            for key in self._k.shards(self._kind):
+                pipe.hgetall(key)
+            return {k.decode(): v for part in pipe.execute() for k, v in part.items()}
+
+
 class RedisScoreStore:
     """:class:`streams.ports.ScoreStore` on one Redis hash (one small row per enterprise)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "riskmon") -> None:
-        self._r = client
-        self._key = _Keys(prefix).glob("scores")
+    def __init__(self, client: Any, prefix: str = "riskmon") -> None:
+        self._h = _ShardedHash(client, prefix, "scores")
 
     def put_many(self, scores: Sequence[EnterpriseScore]) -> None:
-        if scores:
-            with _translated("put scores"):
-                self._r.hset(self._key, mapping={s.enterprise_id: s.model_dump_json() for s in scores})
+        self._h.put({s.enterprise_id: s.model_dump_json() for s in scores}, "put scores")
 
     def get(self, enterprise_id: str) -> EnterpriseScore | None:
-        with _translated("get score"):
-            raw = self._r.hget(self._key, enterprise_id)
+        raw = self._h.get(enterprise_id, "get score")
         return EnterpriseScore.model_validate_json(raw) if raw else None
 
     def all(self) -> dict[str, EnterpriseScore]:
-        with _translated("all scores"):
-            raw = self._r.hgetall(self._key)
-        return {k.decode(): EnterpriseScore.model_validate_json(v) for k, v in raw.items()}
+        return {k: EnterpriseScore.model_validate_json(v) for k, v in self._h.all("all scores").items()}
 
 
 class RedisCreditLineStore:
     """:class:`streams.ports.CreditLineStore` on one Redis hash."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "riskmon") -> None:
-        self._r = client
-        self._key = _Keys(prefix).glob("lines")
+    def __init__(self, client: Any, prefix: str = "riskmon") -> None:
+        self._h = _ShardedHash(client, prefix, "lines")
 
     def put_many(self, lines: Sequence[CreditLine]) -> None:
-        if lines:
-            with _translated("put lines"):
-                self._r.hset(self._key, mapping={line.enterprise_id: line.model_dump_json() for line in lines})
+        self._h.put({line.enterprise_id: line.model_dump_json() for line in lines}, "put lines")
 
     def all(self) -> dict[str, CreditLine]:
-        with _translated("all lines"):
-            raw = self._r.hgetall(self._key)
-        return {k.decode(): CreditLine.model_validate_json(v) for k, v in raw.items()}
+        return {k: CreditLine.model_validate_json(v) for k, v in self._h.all("all lines").items()}
 
 
 class RedisRegistry:
@@ -254,24 +426,19 @@ class RedisRegistry:
     The cache is read on first use and again after :meth:`refresh` (clients change rarely).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "riskmon") -> None:
-        self._r = client
-        self._key = _Keys(prefix).glob("registry")
+    def __init__(self, client: Any, prefix: str = "riskmon") -> None:
+        self._h = _ShardedHash(client, prefix, "registry")
         self._cache: dict[str, EnterpriseInfo] | None = None
 
     def put_many(self, infos: Sequence[EnterpriseInfo]) -> None:
-        if infos:
-            with _translated("put registry"):
-                self._r.hset(self._key, mapping={
-                    i.enterprise_id: json.dumps({"name": i.name, "rating": i.rating}, ensure_ascii=False) for i in infos})
+        self._h.put({i.enterprise_id: json.dumps({"name": i.name, "rating": i.rating}, ensure_ascii=False)
+                     for i in infos}, "put registry")
         self._cache = None
 
     def refresh(self) -> None:
-        with _translated("read registry"):
-            raw = self._r.hgetall(self._key)
         cache = {}
-        for k, v in raw.items():
-            eid, row = k.decode(), json.loads(v)
+        for eid, v in self._h.all("read registry").items():
+            row = json.loads(v)
             cache[eid] = EnterpriseInfo(eid, row["name"], row["rating"])
         self._cache = cache
 
@@ -287,12 +454,24 @@ class RedisRegistry:
         return set(self._all())
 
 
-def clear_prefix(client: redis.Redis, prefix: str) -> int:
-    """Delete every key under ``prefix`` (tests and ``riskmon worker --reset``); returns how many."""
+def clear_prefix(client: Any, prefix: str) -> int:
+    """Delete every key under ``prefix`` (tests and ``riskmon worker --reset``); returns how many.
+
+    Keys of the older layout ``{prefix}:v1:*`` go too. On a cluster, keys are deleted one
+    by one (a multi-key DEL must stay within one slot).
+    """
     n = 0
+    cluster = isinstance(client, redis.cluster.RedisCluster)
     with _translated("clear prefix"):
-        for batch in _batched(client.scan_iter(match=f"{prefix}:{KEY_VERSION}:*", count=1000), 500):
-            n += client.delete(*batch)
+        for version in ("v1", KEY_VERSION):
+            for batch in _batched(client.scan_iter(match=f"{prefix}:{version}:*", count=1000), 500):
+                if cluster:
+                    pipe = client.pipeline(transaction=False)
+                    for key in batch:
+                        pipe.delete(key)
+                    n += sum(pipe.execute())
+                else:
+                    n += client.delete(*batch)
     return n
 
 

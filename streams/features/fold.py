@@ -15,6 +15,15 @@ Counter names (``m`` = month ``YYYYMM``, ``d`` = ``in`` | ``out``):
 - ``m:{YYYYMM}:ret_{d}`` / ``retamt_{d}``: valid negative invoices (returns) and their |amount|
 - ``cp:{d}:{counterparty}``: invoices with that counterparty; ``cpa:{d}:{counterparty}``: its valid positive fen
 
+The counterparty counters (``cp:``/``cpa:``) grow with the number of counterparties, so they
+live apart from the others, in :attr:`EnterpriseState.counterparties`, and the fold keeps
+three summaries of them in ``counters`` (what the features read, so scoring never scans
+counterparties): ``s:ncp_{d}`` counterparties with a positive count, ``s:cpasum_{d}`` and
+``s:cpamax_{d}`` the sum and the largest of their ``cpa`` values. ``cpa`` increments are
+never negative (only positive amounts count), which keeps the largest value exact under
+increments. :func:`fold_delta` is the rule; the Redis store's Lua script mirrors it and the
+port's contract tests hold the two equal.
+
 Examples
 --------
 >>> import datetime as dt
@@ -27,16 +36,99 @@ Examples
 >>> state = apply_invoice(None, ev)
 >>> apply_invoice(state, ev) is state and state.counters["m:201905:n_out"] == 1
 True
+>>> state.counterparties, state.counters["s:ncp_out"]
+({'cp:out:B9': 1}, 1)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from streams.events import InvoiceEvent
 
 Delta = dict[str, int]
+
+COUNTERPARTY_PREFIXES: Final = ("cp:", "cpa:")
+_WHITESPACE: Final = re.compile(r"\s")
+
+
+def summary_keys(direction: str) -> tuple[str, str, str]:
+    """The counters that summarise one direction's counterparties: ``(count, sum, max)``.
+
+    Examples
+    --------
+    >>> summary_keys("out")
+    ('s:ncp_out', 's:cpasum_out', 's:cpamax_out')
+    """
+    return f"s:ncp_{direction}", f"s:cpasum_{direction}", f"s:cpamax_{direction}"
+
+
+def check_delta(delta: Mapping[str, int]) -> None:
+    """Raise ValueError for a delta no store may apply (names with whitespace, negative ``cpa``).
+
+    Examples
+    --------
+    >>> check_delta({"cpa:out:B1": -5})
+    Traceback (most recent call last):
+    ...
+    ValueError: cpa increments must not be negative: cpa:out:B1 -5
+    """
+    for key, inc in delta.items():
+        if _WHITESPACE.search(key):
+            raise ValueError(f"counter names must not contain whitespace: {key!r}")
+        if key.startswith("cpa:") and inc < 0:
+            raise ValueError(f"cpa increments must not be negative: {key} {inc}")
+
+
+def counter_fields(keys: Iterable[str]) -> set[str]:
+    """The ``counters`` fields that deltas with these keys change (counterparty keys: their summaries).
+
+    Examples
+    --------
+    >>> sorted(counter_fields(["m:201901:n_in", "cp:in:S1"]))
+    ['m:201901:n_in', 's:cpamax_in', 's:cpasum_in', 's:ncp_in']
+    """
+    out: set[str] = set()
+    for key in keys:
+        if key.startswith(COUNTERPARTY_PREFIXES):
+            out.update(summary_keys(key.split(":", 2)[1]))
+        else:
+            out.add(key)
+    return out
+
+
+def fold_delta(counters: dict[str, int], counterparties: dict[str, int], delta: Mapping[str, int]) -> None:
+    """Add ``delta`` in place: counterparty keys into ``counterparties``, the rest and the summaries into ``counters``.
+
+    Examples
+    --------
+    >>> counters, cps = {}, {}
+    >>> fold_delta(counters, cps, {"m:201901:n_out": 1, "cp:out:B1": 1, "cpa:out:B1": 500})
+    >>> fold_delta(counters, cps, {"m:201901:n_out": 1, "cp:out:B2": 1, "cpa:out:B2": 200})
+    >>> sorted(counters.items())
+    [('m:201901:n_out', 2), ('s:cpamax_out', 500), ('s:cpasum_out', 700), ('s:ncp_out', 2)]
+    >>> cps["cpa:out:B2"]
+    200
+    """
+    for key, inc in delta.items():
+        if not key.startswith(COUNTERPARTY_PREFIXES):
+            counters[key] = counters.get(key, 0) + inc
+            continue
+        old = counterparties.get(key, 0)
+        new = counterparties[key] = old + inc
+        n_key, sum_key, max_key = summary_keys(key.split(":", 2)[1])
+        if key.startswith("cp:"):
+            if old <= 0 < new:
+                counters[n_key] = counters.get(n_key, 0) + 1
+            elif new <= 0 < old:
+                counters[n_key] = counters.get(n_key, 0) - 1
+        else:
+            counters[sum_key] = counters.get(sum_key, 0) + inc
+            if new > counters.get(max_key, 0):
+                counters[max_key] = new
 
 
 def invoice_delta(event: InvoiceEvent) -> Delta:
@@ -64,30 +156,32 @@ def invoice_delta(event: InvoiceEvent) -> Delta:
 class EnterpriseState:
     """Everything the features of one enterprise are computed from.
 
-    ``counters`` are the summed deltas; ``seen`` the event ids already applied.
-    The fold owns the state and updates it in place (as Bytewax's ``stateful_map``
-    does), which keeps a full replay of 1.1 M invoices linear in time.
+    ``counters`` are the summed deltas without the counterparty keys, plus their summaries
+    (what the features read); ``counterparties`` the ``cp:``/``cpa:`` counters (see
+    :func:`fold_delta`). ``seen`` holds the event ids applied by an in-process fold (the
+    batch path); a feature store keeps a bounded dedup window instead and loads states
+    with ``seen`` empty. The fold owns the state and updates it in place (as Bytewax's
+    ``stateful_map`` does), which keeps a full replay of 1.1 M invoices linear in time.
     """
 
     enterprise_id: str
     counters: dict[str, int] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     name: str | None = None
+    counterparties: dict[str, int] = field(default_factory=dict)
 
     def apply_delta(self, event_id: str, delta: Mapping[str, int]) -> bool:
         """Add ``delta`` unless ``event_id`` was applied before; True if it changed the state."""
         if event_id in self.seen:
             return False
         self.seen.add(event_id)
-        counters = self.counters
-        for key, inc in delta.items():
-            counters[key] = counters.get(key, 0) + inc
+        fold_delta(self.counters, self.counterparties, delta)
         return True
 
     @property
     def n_events(self) -> int:
-        """How many distinct invoice events were applied."""
-        return len(self.seen)
+        """How many invoice events were applied: the sum of the monthly invoice counts ``m:*:n_*``."""
+        return sum(v for k, v in self.counters.items() if k.startswith("m:") and k[9:11] == "n_")
 
 
 def apply_invoice(state: EnterpriseState | None, event: InvoiceEvent) -> EnterpriseState:

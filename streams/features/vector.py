@@ -12,9 +12,9 @@ the model bundle's cleaning step imputes them.
 Examples
 --------
 >>> import datetime as dt
->>> from streams.features.fold import EnterpriseState
+>>> from streams.features.fold import EnterpriseState, summary_keys
 >>> s = EnterpriseState("E1", {"m:201901:amt_out": 100_00, "m:201901:n_out": 1,
-...     "m:201801:amt_out": 50_00, "m:201801:n_out": 1, "cp:out:B1": 2})
+...     "m:201801:amt_out": 50_00, "m:201801:n_out": 1, "s:ncp_out": 1})
 >>> v = to_vector(s, dt.date(2019, 6, 30))
 >>> v["sales_y0"], v["sales_growth"], v["n_buyers"]
 (100.0, 1.0, 1.0)
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES, SEQUENCE_CHANNELS, SEQUENCE_MONTHS
-from streams.features.fold import EnterpriseState
+from streams.features.fold import EnterpriseState, summary_keys
 
 _METRICS = ("n", "void", "valid", "amt", "tot", "gross", "ret", "retamt")
 _METRIC_INDEX = {f"{m}_{d}": i for i, (m, d) in enumerate((m, d) for d in ("in", "out") for m in _METRICS)}
@@ -112,17 +112,12 @@ def to_vector(state: EnterpriseState, as_of: dt.date) -> dict[str, float]:
     n_void = t["void_in"] + t["void_out"]
     n_ret = t["ret_in"] + t["ret_out"]
 
-    cp_count = {"in": 0, "out": 0}
-    cpa_max = {"in": 0, "out": 0}
-    cpa_sum = {"in": 0, "out": 0}
-    for key, value in state.counters.items():
-        if key.startswith("cp:"):
-            if value > 0:
-                cp_count[key[3:6].rstrip(":")] += 1
-        elif key.startswith("cpa:"):
-            d = key[4:7].rstrip(":")
-            cpa_sum[d] += value
-            cpa_max[d] = max(cpa_max[d], value)
+    # counterparty summaries kept by the fold (streams.features.fold.fold_delta): no scan of counterparties
+    c = state.counters
+    cp_count, cpa_sum, cpa_max = {}, {}, {}
+    for d in ("in", "out"):
+        n_key, sum_key, max_key = summary_keys(d)
+        cp_count[d], cpa_sum[d], cpa_max[d] = c.get(n_key, 0), c.get(sum_key, 0), c.get(max_key, 0)
 
     monthly_sales = window[row["amt_out"]] / 100
     active_12 = window[row["n_out"], -12:] + window[row["n_in"], -12:]

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from models.schema import NUMERIC_FEATURES
-from streams.adapters.redis_store import RedisFeatureStore
+from streams.adapters.redis_store import RedisFeatureStore, RedisScoreStore
 from streams.events import AllocationSummary, CreditLine, InvoiceEvent
 from streams.features.batch import LAST_INVOICE_DATE
 from streams.features.fold import fold_all
@@ -66,16 +66,14 @@ def _store(d: Deployment) -> RedisFeatureStore:
 
 
 def _applied(d: Deployment) -> int:
-    client = redis.Redis.from_url(d.redis_url)
-    prefix = d.redis_prefix.rstrip(":")
-    return sum(client.scard(f"{prefix}:v1:{{{e}}}:seen") for e in SLICE)
+    return sum(s.n_events for s in _store(d).load_many(list(SLICE)))
 
 
 def _assert_features_equal(d: Deployment, expected: dict) -> None:  # type: ignore[type-arg]
-    states = {s.enterprise_id: s for s in _store(d).load_many(sorted(expected))}
+    states = {s.enterprise_id: s for s in _store(d).load_many(sorted(expected), with_counterparties=True)}
     for eid, want in expected.items():
         assert states[eid].counters == want.counters, eid
-        assert states[eid].seen == want.seen, eid
+        assert states[eid].counterparties == want.counterparties, eid
 
 
 def test_replay_slice_through_a_worker_gives_batch_features_and_budgeted_credit_lines(
@@ -90,12 +88,11 @@ def test_replay_slice_through_a_worker_gives_batch_features_and_budgeted_credit_
         wait_for(lambda: _applied(deployment) == n_valid, 120, "all invoices applied", worker)
         # every enterprise scored as of the last invoice date of the slice
         last_day = max(r.issue_date for r in records if r.issue_date)
-        client = redis.Redis.from_url(deployment.redis_url)
-        scores_key = f"{deployment.redis_prefix.rstrip(':')}:v1:scores"
+        score_store = RedisScoreStore(redis.Redis.from_url(deployment.redis_url), deployment.redis_prefix.rstrip(":"))
 
         def scored() -> bool:
-            raw = client.hgetall(scores_key)
-            return len(raw) == len(SLICE) and all(json.loads(v)["as_of"] == last_day.isoformat() for v in raw.values())
+            now = score_store.all()
+            return len(now) == len(SLICE) and all(x.as_of == last_day for x in now.values())
         wait_for(scored, 60, "final scores", worker)
         result = wait_for(lambda: (r := worker.allocate()) and r.get("ran") and r, 60, "a forced allocation", worker)
         elapsed = time.perf_counter() - t0
@@ -109,7 +106,7 @@ def test_replay_slice_through_a_worker_gives_batch_features_and_budgeted_credit_
     _assert_features_equal(deployment, expected)
     table = get_test_feature_table()
     row = {e: i for i, e in enumerate(table.enterprise_ids)}  # type: ignore[attr-defined]
-    states = {s.enterprise_id: s for s in _store(deployment).load_many(list(SLICE), with_seen=False)}
+    states = {s.enterprise_id: s for s in _store(deployment).load_many(list(SLICE))}
     for eid in SLICE:
         live = np.array([to_vector(states[eid], LAST_INVOICE_DATE)[n] for n in NUMERIC_FEATURES])
         np.testing.assert_allclose(live, table.numeric[row[eid]], rtol=1e-12, equal_nan=True)  # type: ignore[attr-defined]

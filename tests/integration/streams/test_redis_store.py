@@ -9,18 +9,28 @@ import pytest
 import redis
 
 from streams.adapters.memory import InMemoryRegistry
+from redis.crc import key_slot
+
 from streams.adapters.redis_store import (
     RedisCreditLineStore,
     RedisFeatureStore,
     RedisRegistry,
     RedisScoreStore,
     clear_prefix,
+    shard_of,
 )
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
 from streams.errors import StoreUnavailable
 from streams.features.fold import fold_all
-from streams.pipeline import apply_events
-from tests.unit.streams.contracts import CreditLineStoreContract, FeatureStoreContract, ScoreStoreContract
+from streams.features.vector import month_index
+from streams.pipeline import Source, apply_events
+from streams.ports import DeltaItem
+from tests.unit.streams.contracts import (
+    CreditLineStoreContract,
+    FeatureStoreContract,
+    ScoreStoreContract,
+    make_score,
+)
 
 pytestmark = pytest.mark.services
 
@@ -43,17 +53,75 @@ class TestRedisCreditLineStore(CreditLineStoreContract):
         return RedisCreditLineStore(redis_client, stream_prefix)
 
 
-def test_keys_are_versioned_and_hash_tagged(redis_client: redis.Redis, stream_prefix: str) -> None:
-    RedisFeatureStore(redis_client, stream_prefix).apply("E7", "ev", {"n": 1}, name="x")
+def test_keys_are_versioned_hash_tagged_and_one_slot_per_script(redis_client: redis.Redis, stream_prefix: str) -> None:
+    store = RedisFeatureStore(redis_client, stream_prefix)
+    store.apply_many([DeltaItem("E7", "ev", {"n": 1, "cp:in:S1": 1}, name="x", month=2019 * 12 + 4)])
+    RedisScoreStore(redis_client, stream_prefix).put_many([make_score("E7")])
     keys = sorted(k.decode() for k in redis_client.scan_iter(match=f"{stream_prefix}:*"))
-    assert keys == [f"{stream_prefix}:v1:enterprises", f"{stream_prefix}:v1:{{E7}}:counters",
-                    f"{stream_prefix}:v1:{{E7}}:meta", f"{stream_prefix}:v1:{{E7}}:seen"]
-    assert clear_prefix(redis_client, stream_prefix) == 4
+    base, shard = f"{stream_prefix}:v2", f"s{shard_of('E7'):02d}"
+    assert keys == [f"{base}:{{E7}}:counters", f"{base}:{{E7}}:cp", f"{base}:{{E7}}:dd:201905",
+                    f"{base}:{{E7}}:meta", f"{base}:{{{shard}}}:enterprises", f"{base}:{{{shard}}}:scores"]
+    assert len({key_slot(k.encode()) for k in keys if "{E7}" in k}) == 1  # what one Lua call touches: one slot
+    assert clear_prefix(redis_client, stream_prefix) == 6
+
+
+def _kafka_items(events: list, partition_of: dict[str, int]) -> tuple[list, list]:  # type: ignore[type-arg]
+    sources, next_offset = [], dict.fromkeys(range(4), 0)
+    for e in events:
+        p = partition_of.setdefault(e.enterprise_id, len(partition_of) % 4)
+        sources.append(Source("invoices", p, next_offset[p]))
+        next_offset[p] += 1
+    return events, sources
+
+
+def _memory_bytes(client: redis.Redis, prefix: str) -> tuple[int, int]:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.memory_usage(k, samples=0)
+    return len(keys), sum(pipe.execute())
+
+
+def test_memory_does_not_grow_when_the_same_invoices_are_redelivered(redis_client: redis.Redis, stream_prefix: str) -> None:
+    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 20_000) if not isinstance(e, RejectedRow)),
+                    key=lambda e: e.issue_date)
+    events, sources = _kafka_items(events, {})
+    store = RedisFeatureStore(redis_client, stream_prefix)
+    for start in range(0, len(events), 2000):
+        apply_events(store, events[start : start + 2000], sources[start : start + 2000])
+    before = _memory_bytes(redis_client, stream_prefix)
+    for start in range(0, len(events), 2000):  # a consumer restarted from offset 0: every record redelivered
+        r = apply_events(store, events[start : start + 2000], sources[start : start + 2000])
+        assert r.applied == 0 and r.duplicates == len(events[start : start + 2000])
+    assert _memory_bytes(redis_client, stream_prefix) == before
+    # a producer re-sending the last quarter (new offsets): duplicates in the window, the same keys
+    newest = {e.enterprise_id: month_index(e.issue_date) for e in events}  # sorted by date: the last wins
+    recent = [i for i, e in enumerate(events) if month_index(e.issue_date) > newest[e.enterprise_id] - 6]
+    tail = [events[i] for i in recent]
+    resent = [Source(sources[i].topic, sources[i].partition, sources[i].offset + 1_000_000) for i in recent]
+    r = apply_events(store, tail, resent)
+    assert r.applied == 0 and not r.rejected and r.duplicates == len(tail) > 1000
+    keys, size = _memory_bytes(redis_client, stream_prefix)
+    assert keys == before[0] and size <= before[1] + 16 * len(store.enterprise_ids())  # only fence values changed
+    expected = fold_all(events)
+    for state in store.load_many(sorted(expected), with_counterparties=True):
+        assert state.counters == expected[state.enterprise_id].counters
+        assert state.counterparties == expected[state.enterprise_id].counterparties
+
+
+def test_dedup_window_keeps_only_the_newest_months(redis_client: redis.Redis, stream_prefix: str) -> None:
+    store = RedisFeatureStore(redis_client, stream_prefix, dedup_window_months=3)
+    start = 2018 * 12
+    for m in range(30):
+        store.apply_many([DeltaItem("E1", f"e{m}-{k}", {"n": 1}, month=start + m) for k in range(5)])
+    months = sorted(k.decode().rsplit(":", 1)[1] for k in redis_client.scan_iter(match=f"{stream_prefix}:*:dd:*"))
+    assert months == ["202004", "202005", "202006"]
+    assert store.load("E1").counters == {"n": 150}
 
 
 def test_real_events_with_concurrent_redelivery_equal_the_batch_fold(redis_client: redis.Redis, stream_prefix: str) -> None:
     events = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 20_000) if not isinstance(e, RejectedRow)]
-    store = RedisFeatureStore(redis_client, stream_prefix)
+    store = RedisFeatureStore(redis_client, stream_prefix, dedup_window_months=600)  # file order: any month
 
     def worker(offset: int) -> None:  # two writers racing over the same events: each is applied once
         for start in range(offset, len(events), 1000):
@@ -66,10 +134,11 @@ def test_real_events_with_concurrent_redelivery_equal_the_batch_fold(redis_clien
         t.join()
     expected = fold_all(events)
     assert store.enterprise_ids() == set(expected)
-    loaded = store.load_many(sorted(expected))
+    loaded = store.load_many(sorted(expected), with_counterparties=True)
     for state in loaded:
         assert state.counters == expected[state.enterprise_id].counters
-        assert state.seen == expected[state.enterprise_id].seen
+        assert state.counterparties == expected[state.enterprise_id].counterparties
+        assert state.n_events == expected[state.enterprise_id].n_events
     assert store.watermark() == max(e.issue_date for e in events)
 
 

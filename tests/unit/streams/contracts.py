@@ -10,7 +10,8 @@ import datetime as dt
 import pytest
 
 from streams.events import CreditLine, EnterpriseScore
-from streams.ports import DeltaItem
+from streams.features.fold import fold_delta
+from streams.ports import DeltaItem, Verdict
 
 NOW = dt.datetime(2020, 1, 1, 12, tzinfo=dt.UTC)
 
@@ -32,7 +33,16 @@ def make_line(eid: str, amount: float = 200_000.0, rate: float = 0.06) -> Credit
     )
 
 
+def _kafka(eid: str, ids: list[str], offsets: range, *, partition: int = 0, month: int = 24230,
+           delta: dict[str, int] | None = None) -> list[DeltaItem]:
+    """Items as the worker makes them from Kafka records (topic t, one partition)."""
+    return [DeltaItem(eid, i, delta or {"n": 1}, month=month, topic="t", partition=partition, offset=o)
+            for i, o in zip(ids, offsets, strict=True)]
+
+
 class FeatureStoreContract:
+    """What every FeatureStore does; the store fixture has the default dedup window (12 months)."""
+
     @pytest.fixture
     def store(self):  # pragma: no cover - provided by subclasses
         raise NotImplementedError
@@ -49,7 +59,7 @@ class FeatureStoreContract:
         assert store.apply("E1", "ev2", {"a": 1}) is True
         state = store.load("E1")
         assert state.counters == {"a": 3, "b": -5}
-        assert state.seen == {"ev1", "ev2"}
+        assert state.seen == set()  # no store keeps every event id
         assert store.enterprise_ids() == {"E1"}
 
     def test_same_event_id_in_two_enterprises_is_two_events(self, store) -> None:
@@ -61,15 +71,18 @@ class FeatureStoreContract:
     def test_apply_many_reports_duplicates_in_order_including_within_batch(self, store) -> None:
         items = [DeltaItem("E1", "x", {"n": 1}), DeltaItem("E2", "y", {"n": 4}), DeltaItem("E1", "x", {"n": 1}),
                  DeltaItem("E1", "z", {"n": 10, "big": 10**15})]
-        assert store.apply_many(items) == [True, True, False, True]
-        assert store.apply_many(items[:2]) == [False, False]
-        assert store.apply_many([]) == []
+        write = store.apply_many(items)
+        assert write.applied == [True, True, False, True]
+        assert write.verdicts[2] is Verdict.DUPLICATE
+        assert write.counters == {"E1": {"n": 11, "big": 10**15}, "E2": {"n": 4}}
+        assert store.apply_many(items[:2]).applied == [False, False]
+        assert store.apply_many([]).verdicts == []
         e1, e2 = store.load_many(["E1", "E2"])
         assert e1.counters == {"n": 11, "big": 10**15} and e2.counters == {"n": 4}
 
-    def test_load_many_without_seen(self, store) -> None:
+    def test_load_many(self, store) -> None:
         store.apply("E1", "a", {"n": 1}, name="nm")
-        (state, empty) = store.load_many(["E1", "E9"], with_seen=False)
+        (state, empty) = store.load_many(["E1", "E9"], with_seen=False)  # with_seen: accepted, ignored
         assert (state.counters, state.seen, state.name) == ({"n": 1}, set(), "nm")
         assert empty.counters == {} and empty.enterprise_id == "E9"
 
@@ -98,12 +111,90 @@ class FeatureStoreContract:
         assert store.watermark() == dt.date(2019, 6, 1)
 
     def test_load_returns_an_independent_copy(self, store) -> None:
-        store.apply("E1", "a", {"n": 1})
+        store.apply("E1", "a", {"n": 1, "cp:in:S1": 1})
         state = store.load("E1")
         state.counters["n"] = 99
-        state.seen.add("zzz")
+        state.counterparties["cp:in:S1"] = 99
+        assert store.load("E1").counters == {"n": 1, "s:ncp_in": 1}
+        assert store.load("E1").counterparties == {"cp:in:S1": 1}
+
+    # ---- exactly once with bounded state
+
+    def test_kafka_redelivery_is_fenced_by_the_last_applied_offset(self, store) -> None:
+        items = _kafka("E1", [f"e{i}" for i in range(5)], range(10, 15))
+        assert store.apply_many(items).applied == [True] * 5
+        again = store.apply_many(items[2:] + _kafka("E1", ["e5"], range(15, 16)))  # the tail again, then a new one
+        assert again.verdicts == [Verdict.REDELIVERED] * 3 + [Verdict.APPLIED]
+        assert store.load("E1").counters == {"n": 6}
+        assert again.counters == {"E1": {"n": 6}}  # the stored values, also for a batch that was all redelivered
+
+    def test_producer_resend_within_the_window_is_a_duplicate(self, store) -> None:
+        store.apply_many(_kafka("E1", ["a", "b"], range(0, 2)))
+        resent = store.apply_many(_kafka("E1", ["b", "a", "c"], range(2, 5)))  # new offsets: a producer re-send
+        assert resent.verdicts == [Verdict.DUPLICATE, Verdict.DUPLICATE, Verdict.APPLIED]
+        assert store.load("E1").counters == {"n": 3}
+
+    def test_conflicting_redelivery_changes_nothing_and_is_not_fenced(self, store) -> None:
+        store.apply_many(_kafka("E1", ["a"], range(0, 1)))
+        batch = _kafka("E1", ["a"], range(1, 2), delta={"n": 7}) + _kafka("E1", ["b"], range(2, 3))
+        assert store.apply_many(batch).verdicts == [Verdict.CONFLICT, Verdict.APPLIED]
+        assert store.load("E1").counters == {"n": 2}
+        # redelivered (e.g. a crash before the dead letter was published): judged again, not skipped
+        assert store.apply_many(batch).verdicts == [Verdict.CONFLICT, Verdict.DUPLICATE]
+
+    def test_conflict_within_one_batch(self, store) -> None:
+        items = [DeltaItem("E1", "a", {"n": 1}, month=5), DeltaItem("E1", "a", {"n": 2}, month=5)]
+        assert store.apply_many(items).verdicts == [Verdict.APPLIED, Verdict.CONFLICT]
         assert store.load("E1").counters == {"n": 1}
-        assert store.apply("E1", "zzz", {"n": 1}) is True
+
+    def test_content_hash_decides_a_conflict_when_given(self, store) -> None:
+        a = DeltaItem("E1", "a", {"n": 1}, month=5, content_hash="aaaa")
+        assert store.apply_many([a]).applied == [True]
+        same = DeltaItem("E1", "a", {"n": 1}, month=5, content_hash="aaaa")
+        other = DeltaItem("E1", "a", {"n": 1}, month=5, content_hash="bbbb")
+        assert store.apply_many([same, other]).verdicts == [Verdict.DUPLICATE, Verdict.CONFLICT]
+
+    def test_events_before_the_window_are_dead_letters(self, store) -> None:
+        month = 2019 * 12
+        store.apply_many([DeltaItem("E1", "old", {"n": 1}, month=month)])
+        store.apply_many([DeltaItem("E1", "new", {"n": 1}, month=month + 12)])  # window: month+1 .. month+12
+        late = store.apply_many([DeltaItem("E1", "old", {"n": 1}, month=month),  # its month left the window
+                                 DeltaItem("E1", "x", {"n": 1}, month=month + 1),
+                                 DeltaItem("E1", "y", {"n": 1}, month=month + 13),
+                                 DeltaItem("E1", "z", {"n": 1}, month=month + 1)])  # y moved the window past it
+        assert late.verdicts == [Verdict.LATE, Verdict.APPLIED, Verdict.APPLIED, Verdict.LATE]
+        assert store.load("E1").counters == {"n": 4}
+        assert store.apply_many([DeltaItem("E2", "first", {"n": 1}, month=1)]).applied == [True]
+
+    def test_fences_are_per_partition(self, store) -> None:
+        store.apply_many(_kafka("E1", ["a"], range(100, 101), partition=0))
+        moved = store.apply_many(_kafka("E1", ["b"], range(3, 4), partition=5))  # partitions added: a new fence
+        assert moved.verdicts == [Verdict.APPLIED]
+
+    def test_bad_delta_is_refused_whole(self, store) -> None:
+        with pytest.raises(ValueError, match="cpa increments"):
+            store.apply_many([DeltaItem("E1", "a", {"n": 1}), DeltaItem("E1", "b", {"cpa:in:S1": -1})])
+        with pytest.raises(ValueError, match="whitespace"):
+            store.apply_many([DeltaItem("E1", "c", {"n 1": 1})])
+        assert store.enterprise_ids() == set() and store.load("E1").counters == {}
+
+    def test_counterparties_live_apart_with_summaries_equal_to_the_fold(self, store) -> None:
+        deltas = [{"cp:out:B1": 1, "cpa:out:B1": 500, "n": 1}, {"cp:out:B2": 1, "cpa:out:B2": 900},
+                  {"cp:out:B1": 1, "cpa:out:B1": 700}, {"cp:in:S1": 1}, {"cp:out:B3": 1, "cpa:out:B3": 2**62}]
+        write = store.apply_many([DeltaItem("E1", f"e{i}", d) for i, d in enumerate(deltas[:3])])
+        write2 = store.apply_many([DeltaItem("E1", f"e{i}", d) for i, d in enumerate(deltas) if i >= 3])
+        counters: dict[str, int] = {}
+        cps: dict[str, int] = {}
+        for d in deltas:
+            fold_delta(counters, cps, d)
+        state = store.load("E1")
+        assert (state.counters, state.counterparties) == (counters, cps)
+        assert counters["s:cpamax_out"] == 2**62 and counters["s:ncp_out"] == 3
+        scoring = store.load_many(["E1"])[0]  # what scoring reads: no counterparty counters
+        assert scoring.counterparties == {} and scoring.counters == counters
+        assert write.counters["E1"] == {"n": 1, "s:ncp_out": 2, "s:cpasum_out": 2100, "s:cpamax_out": 1200}
+        assert write2.counters["E1"] == {"s:ncp_in": 1, "s:cpasum_in": 0, "s:cpamax_in": 0, "s:ncp_out": 3,
+                                         "s:cpasum_out": 2100 + 2**62, "s:cpamax_out": 2**62}
 
 
 class ScoreStoreContract:

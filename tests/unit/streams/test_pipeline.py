@@ -103,7 +103,7 @@ def test_apply_events_in_shuffled_batches_with_redelivery_equals_batch_fold() ->
     rng = np.random.default_rng(0)
     shuffled = [events[i] for i in rng.permutation(len(events))]
     redelivered = shuffled + shuffled[: len(shuffled) // 3]
-    store = InMemoryFeatureStore()
+    store = InMemoryFeatureStore(dedup_window_months=600)  # any order: a window wider than the data
     applied = duplicates = 0
     for start in range(0, len(redelivered), 500):
         r = apply_events(store, redelivered[start : start + 500])
@@ -187,6 +187,30 @@ def test_process_batch_routes_bad_messages_and_scores_as_of_the_watermark() -> N
     again = process_batch(messages, features, scores, _registry(), RuleScorer(), now=NOW)
     assert again.applied.applied == 0 and again.applied.duplicates == 2
     assert {s.enterprise_id for s in again.scores} == {"E1", "E2"}
+
+
+def test_conflicting_redelivery_and_a_late_invoice_become_dead_letters_with_their_bytes() -> None:
+    features, scores = InMemoryFeatureStore(), InMemoryScoreStore()
+    first = _raw(event_id="E1-out-1-0")
+    changed = _raw(event_id="E1-out-1-0", amount="90.00", total="103.00")  # same id, other amount
+    resent = _raw(event_id="E1-out-1-0", produced_at="2019-05-02T10:00:00Z")  # same invoice, new producer stamp
+    newer = _raw(event_id="E1-out-2-0", issue_date="2020-06-01", produced_at="2020-06-01T10:00:00Z")
+    late = _raw(event_id="E1-out-3-0", issue_date="2019-06-01", produced_at="2020-06-01T10:00:00Z")
+    messages = [(first, Source("invoices", 0, 0)), (changed, Source("invoices", 0, 1)),
+                (resent, Source("invoices", 0, 2)), (newer, Source("invoices", 0, 3)), (late, Source("invoices", 0, 4))]
+    out = process_batch(messages, features, scores, _registry(), RuleScorer(), now=NOW)
+    assert [(d.reason, d.source_offset) for d in out.dead_letters] == [("conflicting_redelivery", 1),
+                                                                       ("outside_dedup_window", 4)]
+    assert base64.b64decode(out.dead_letters[0].raw_base64) == changed
+    assert (out.applied.applied, out.applied.duplicates) == (2, 1)
+    assert features.load("E1").counters["m:201905:amt_out"] == 10_000  # the first amount stands
+    assert out.applied.watermark == dt.date(2020, 6, 1)  # the late invoice moved nothing
+    # Kafka redelivers the whole batch: the fence stopped below the first dead letter, so they are judged again;
+    # 2019-05 is now older than the window (2020-06 moved it on): offsets 1 and 2 too are dead letters, never counted
+    again = process_batch(messages, features, scores, _registry(), RuleScorer(), now=NOW)
+    assert [(d.reason, d.source_offset) for d in again.dead_letters] == [
+        ("outside_dedup_window", 1), ("outside_dedup_window", 2), ("outside_dedup_window", 4)]
+    assert again.applied.applied == 0 and features.load("E1").counters["m:201905:amt_out"] == 10_000
 
 
 class GreedyAllocate:
