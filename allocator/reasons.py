@@ -22,14 +22,17 @@ Line codes (an open set; these are the ones the solvers emit):
 ``rule_limit``
     (rule strategy) the line is the limit the rules give this enterprise.
 
-Change codes from :func:`diff`: ``new_line``, ``line_closed``, ``amount_up``, ``amount_down``,
-``rate_up``, ``rate_down``, ``default_probability_up``, ``default_probability_down``,
-``rating_changed``, ``segment_changed``.
+Change codes (:func:`line_changes`, the one rule; the stream publishes them as
+``CreditLine.change_reasons``): ``new``, ``amount_increased``, ``amount_decreased``, ``rate_increased``,
+``rate_decreased``, ``reasons_changed``, then the explanations ``rating_changed:X->Y``,
+``segment_changed:X->Y``, ``default_probability_increased``, ``default_probability_decreased``;
+:func:`diff` adds ``line_closed`` for an enterprise that is no longer scored.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -39,8 +42,10 @@ if TYPE_CHECKING:
     from allocator.result import Allocation
     from allocator.units import Units
 
-PROBABILITY_TOLERANCE = 1e-9
-RATE_TOLERANCE = 1e-12
+AMOUNT_TOLERANCE_YUAN = 0.005  # half a fen: amounts are whole yuan, floats may carry noise
+RATE_TOLERANCE = 1e-9
+RATE_CAP_TOLERANCE = 1e-12  # a rate this close to rate_max is at the cap
+PROBABILITY_CHANGE = 0.01  # a default probability move worth naming as a reason
 
 
 def line_reasons(problem: Problem, units: Units | None, steps: npt.NDArray[np.int64] | None,
@@ -68,7 +73,7 @@ def line_reasons(problem: Problem, units: Units | None, steps: npt.NDArray[np.in
     hi_l = units.hi_steps.tolist() if units is not None else []
     caps = units.group_cap_steps.tolist() if units is not None else []
     use = group_use.tolist()
-    max_loan, max_steps, rate_cap = c.max_loan_yuan, c.max_steps, c.rate_max - RATE_TOLERANCE
+    max_loan, max_steps, rate_cap = c.max_loan_yuan, c.max_steps, c.rate_max - RATE_CAP_TOLERANCE
     for i, a in enumerate(problem.applicants):
         if a.rating == "D":
             out.append(("rating_D",))
@@ -101,10 +106,68 @@ def line_reasons(problem: Problem, units: Units | None, steps: npt.NDArray[np.in
     return out
 
 
-def diff(previous: Allocation | None, current: Allocation) -> dict[str, tuple[str, ...]]:
-    """What changed per enterprise between two allocations (only enterprises with a change).
+class LineView(Protocol):
+    """What :func:`line_changes` reads of a line (``AllocationLine``, the stream's ``CreditLine``, ...)."""
 
-    An enterprise lent in ``previous`` but absent from ``current`` gets ``line_closed``.
+    @property
+    def amount_yuan(self) -> float: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def default_probability(self) -> float: ...
+    @property
+    def rating(self) -> str: ...
+    @property
+    def segment(self) -> str: ...
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+
+def line_changes(previous: LineView | None, current: LineView) -> tuple[str, ...]:
+    """Why ``current`` differs from ``previous``: the one rule for change reasons (the stream publishes these).
+
+    ``("new",)`` without a previous line; empty when the amount, the rate and the line reasons are
+    all the same (a line is republished only then). When one of those changed, the score changes
+    that explain it follow: ``rating_changed:B->C``, ``segment_changed:x->y`` and
+    ``default_probability_increased``/``_decreased`` (by at least ``PROBABILITY_CHANGE``).
+
+    Examples
+    --------
+    >>> from allocator.result import AllocationLine
+    >>> def one(amount, rate, p, rating="A"):
+    ...     return AllocationLine("E1", rating, p, "s", "", amount, rate, 0.0, 0.0, 0.0, ("lent",) if amount else ())
+    >>> line_changes(None, one(500_000, 0.05, 0.01))
+    ('new',)
+    >>> line_changes(one(500_000, 0.05, 0.01), one(300_000, 0.06, 0.03, "B"))
+    ('amount_decreased', 'rate_increased', 'rating_changed:A->B', 'default_probability_increased')
+    >>> line_changes(one(500_000, 0.05, 0.01), one(500_000, 0.05, 0.015))
+    ()
+    """
+    if previous is None:
+        return ("new",)
+    codes: list[str] = []
+    if abs(current.amount_yuan - previous.amount_yuan) > AMOUNT_TOLERANCE_YUAN:
+        codes.append("amount_increased" if current.amount_yuan > previous.amount_yuan else "amount_decreased")
+    if abs(current.rate - previous.rate) > RATE_TOLERANCE:
+        codes.append("rate_increased" if current.rate > previous.rate else "rate_decreased")
+    if tuple(current.reasons) != tuple(previous.reasons):
+        codes.append("reasons_changed")
+    if not codes:
+        return ()
+    if current.rating != previous.rating:
+        codes.append(f"rating_changed:{previous.rating}->{current.rating}")
+    if current.segment != previous.segment:
+        codes.append(f"segment_changed:{previous.segment}->{current.segment}")
+    delta = current.default_probability - previous.default_probability
+    if abs(delta) >= PROBABILITY_CHANGE:
+        codes.append("default_probability_increased" if delta > 0 else "default_probability_decreased")
+    return tuple(codes)
+
+
+def diff(previous: Allocation | None, current: Allocation) -> dict[str, tuple[str, ...]]:
+    """What changed per enterprise between two allocations (only enterprises with a change): :func:`line_changes`.
+
+    An enterprise lent in ``previous`` but absent from ``current`` (no longer scored) gets ``line_closed``.
 
     Examples
     --------
@@ -113,42 +176,18 @@ def diff(previous: Allocation | None, current: Allocation) -> dict[str, tuple[st
     ...     line = AllocationLine("E1", "A", p, "", "", amount, rate, 0.0, 0.0, 0.0, ())
     ...     return Allocation((line,), 1e6, amount, 0.0, 0.0, 0.0, "exact", "enterprise")
     >>> diff(None, one(500_000, 0.05, 0.01))
-    {'E1': ('new_line',)}
+    {'E1': ('new',)}
     >>> diff(one(500_000, 0.05, 0.01), one(300_000, 0.06, 0.03))
-    {'E1': ('amount_down', 'rate_up', 'default_probability_up')}
-    >>> diff(one(500_000, 0.05, 0.01), one(0, 0.0, 0.01))
+    {'E1': ('amount_decreased', 'rate_increased', 'default_probability_increased')}
+    >>> diff(one(500_000, 0.05, 0.01), Allocation((), 1e6, 0, 0.0, 0.0, 0.0, "exact", "enterprise"))
     {'E1': ('line_closed',)}
     """
     before = {ln.enterprise_id: ln for ln in previous.lines} if previous is not None else {}
     out: dict[str, tuple[str, ...]] = {}
     for ln in current.lines:
-        old = before.pop(ln.enterprise_id, None)
-        codes: list[str] = []
-        old_amount = old.amount_yuan if old is not None else 0
-        if ln.amount_yuan > 0 and old_amount == 0:
-            codes.append("new_line")
-        elif ln.amount_yuan == 0 and old_amount > 0:
-            codes.append("line_closed")
-        elif ln.amount_yuan > 0 and old is not None:
-            if ln.amount_yuan > old_amount:
-                codes.append("amount_up")
-            elif ln.amount_yuan < old_amount:
-                codes.append("amount_down")
-            if ln.rate > old.rate + RATE_TOLERANCE:
-                codes.append("rate_up")
-            elif ln.rate < old.rate - RATE_TOLERANCE:
-                codes.append("rate_down")
-        if old is not None:
-            if ln.default_probability > old.default_probability + PROBABILITY_TOLERANCE:
-                codes.append("default_probability_up")
-            elif ln.default_probability < old.default_probability - PROBABILITY_TOLERANCE:
-                codes.append("default_probability_down")
-            if ln.rating != old.rating:
-                codes.append("rating_changed")
-            if ln.segment != old.segment:
-                codes.append("segment_changed")
+        codes = line_changes(before.pop(ln.enterprise_id, None), ln)
         if codes:
-            out[ln.enterprise_id] = tuple(codes)
+            out[ln.enterprise_id] = codes
     for eid, old in before.items():
         if old.amount_yuan > 0:
             out[eid] = ("line_closed",)

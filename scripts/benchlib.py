@@ -99,29 +99,14 @@ def load_invoice_records(
 async def create_topic(
     bootstrap: str, topic: str, partitions: int = 4, config: dict[str, str] | None = None, timeout_s: float = 30.0
 ) -> None:
-    """Create ``topic`` and wait until each partition has a leader."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """Create ``topic`` and wait until each partition has a leader (:func:`streams.adapters.kafka.create_topics`)."""
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        resp = await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config or {})]
-        )
-        errors = [e for e in resp.to_object().get("topic_errors", []) if e.get("error_code", 0) != 0]
-        if errors:
-            raise RuntimeError(f"create_topics({topic!r}): {errors}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            [desc] = await admin.describe_topics([topic])
-            parts = desc.get("partitions", [])
-            if desc.get("error_code", 0) == 0 and len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic!r} not ready: {desc}")
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
+    from streams.adapters.kafka import create_topics
+    from streams.settings import KafkaSettings
+
+    spec = NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config or {})
+    await create_topics(KafkaSettings(bootstrap=bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
 
 
 async def delete_topic(bootstrap: str, topic: str) -> None:

@@ -1,20 +1,26 @@
 """The live worker: a faust-streaming app (leader-only allocator timer, lifecycle, signals) around an
 aiokafka ingest loop (invoices -> Redis features -> rescoring -> scores), built by :func:`create_app`.
 
+Three layers, from the inside out:
+
+* :mod:`streams.pipeline` decides (``process_batch``, ``decide_allocation``): pure over the ports.
+* :class:`WorkerCore` runs one polled batch or one allocator step: off the event loop, with
+  backoff while Redis or Kafka is down (reported as ``degraded``), splitting a batch that fails
+  for one message until that message is found and dead-lettered, and publishing only through
+  :class:`streams.ports.BatchPublisher` ports. Unit tests drive it with in-memory fakes.
+* :class:`IngestLoop` and :func:`create_app` are the Kafka shell: consume, hand the batch to the
+  core, commit its offsets only once everything it produced is acknowledged.
+
 Why the hot path is not a faust agent: faust-streaming 0.15's per-event stream machinery
 (one channel hand-off and ``asyncio.wait`` per message) measured ~3 000 messages/s on
 this machine with an agent that did nothing (``stream.take_events`` or ``stream.events``),
-against ~210 000/s for a plain aiokafka consumer on the same topic, which rules out the
-30 % throughput target. So the ingest loop consumes with aiokafka ``getmany`` in the
-consumer group ``kafka.group_id`` and commits offsets by hand *after* the batch's Redis
-write and the publication of its scores and dead letters (at-least-once; the Redis fold is
-idempotent, so redelivery after a crash never double-counts). faust keeps what it does
-well: the worker lifecycle and SIGTERM handling, and leader election for the allocator
-timer (``@app.timer(on_leader=True)``).
-
-All store and model work of a batch runs in one executor thread, through the same pure
-functions as the backtest (:func:`streams.pipeline.process_batch`,
-:func:`streams.pipeline.run_allocation`).
+against ~210 000/s for a plain aiokafka consumer on the same topic. So the ingest loop consumes
+with aiokafka ``getmany`` in the consumer group ``kafka.group_id`` and commits offsets by hand
+(at-least-once; the Redis fold is idempotent, so redelivery after a crash never double-counts).
+faust keeps what it does well, where per-event cost does not matter: the worker lifecycle and
+SIGTERM handling, and leader election for the allocator timer (``@app.timer(on_leader=True)``),
+in its own consumer group ``app_id``, which :func:`check_worker_settings` keeps apart from
+``kafka.group_id``.
 """
 
 from __future__ import annotations
@@ -23,31 +29,73 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
-from streams.adapters.kafka import client_kwargs, make_producer, publish_many
+from streams.adapters.kafka import KafkaPublisher, client_kwargs, make_producer
 from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
-from streams.errors import StreamError
-from streams.events import AllocationSummary, EnterpriseScore
+from streams.errors import PublishFailed, StreamError
+from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore
 from streams.metrics import Metrics
-from streams.pipeline import (Allocate, BatchOutcome, Source, allocation_id_for, process_batch, rescore, run_allocation,
-                              stale_score_ids)
-from streams.ports import CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
-from streams.settings import Settings
+from streams.pipeline import (Allocate, AllocationPolicy, ApplyResult, BatchOutcome, Fingerprint, Source,
+                              decide_allocation, merge_outcomes, poison_letter, process_batch)
+from streams.ports import BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
+from streams.settings import Settings, TopicSettings
 
+T = TypeVar("T")
 log = logging.getLogger("riskmon.worker")
+
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 10.0
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class SettingsConflict(StreamError):
+    """Settings that cannot work together (a one-line message naming them)."""
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """Refuse settings under which the worker's two Kafka roles would collide.
+
+    Raises
+    ------
+    SettingsConflict
+        When ``RISKMON_APP_ID`` (faust's group, which elects the allocator leader) equals
+        ``RISKMON_KAFKA__GROUP_ID`` (the invoice consumers' group): the two use different group
+        protocols and the broker would reject one with ``InconsistentGroupProtocolError``; or when
+        two topic settings name the same topic.
+
+    Examples
+    --------
+    >>> from streams.settings import KafkaSettings
+    >>> s = Settings(_env_prefix="NOPE_", app_id="x", kafka=KafkaSettings(group_id="x"))
+    >>> check_worker_settings(s)
+    Traceback (most recent call last):
+    ...
+    streams.app.SettingsConflict: RISKMON_APP_ID and RISKMON_KAFKA__GROUP_ID are both 'x': ...
+    """
+    if settings.app_id == settings.kafka.group_id:
+        raise SettingsConflict(
+            f"RISKMON_APP_ID and RISKMON_KAFKA__GROUP_ID are both {settings.app_id!r}: the leader election (app id) "
+            "and the invoice consumers (group id) need two different consumer groups; change one of them")
+    names = {f: getattr(settings.topics, f) for f in ("invoices", "dlq", "scores", "credit_lines", "allocations")}
+    seen: dict[str, str] = {}
+    for name_field, topic in names.items():
+        if topic in seen:
+            raise SettingsConflict(f"RISKMON_TOPICS__{seen[topic].upper()} and RISKMON_TOPICS__{name_field.upper()} "
+                                   f"are both {topic!r}: every topic setting needs its own topic")
+        seen[topic] = name_field
 
 
 @dataclass
@@ -65,21 +113,282 @@ class WorkerContext:
     clock: Callable[[], dt.datetime] = utc_now
     drift: ScoreDriftWatch = field(default_factory=ScoreDriftWatch)
 
+    def policy(self) -> AllocationPolicy:
+        a = self.settings.allocator
+        return AllocationPolicy(budget_yuan=a.budget_yuan, solver=a.solver, seed=a.seed, min_scores=a.min_scores)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The worker's four outputs, as publisher ports (Kafka topics in the worker, lists in tests)."""
+
+    dead_letters: BatchPublisher[DeadLetter]
+    scores: BatchPublisher[EnterpriseScore]
+    credit_lines: BatchPublisher[CreditLine]
+    allocations: BatchPublisher[AllocationSummary]
+
+    @classmethod
+    def kafka(cls, producer: AIOKafkaProducer, topics: TopicSettings) -> Outputs:
+        return cls(KafkaPublisher(producer, topics.dlq), KafkaPublisher(producer, topics.scores),
+                   KafkaPublisher(producer, topics.credit_lines), KafkaPublisher(producer, topics.allocations))
+
+
+class Record(Protocol):
+    """What the core reads of a consumed message (aiokafka's ``ConsumerRecord`` has these)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...
+
+
+class Stopped(Exception):
+    """The worker was asked to stop while waiting for a service; the batch is left uncommitted."""
+
+
+class WorkerCore:
+    """One batch, one allocator step: off the event loop, through the ports, never fatal for a service outage.
+
+    ``degraded`` maps a component (``store``, ``kafka``) to why it is failing now; the core keeps
+    retrying with exponential backoff (``BACKOFF_FIRST_S`` up to ``BACKOFF_MAX_S``) until it works
+    again or :meth:`stop` is called, and it returns from :meth:`handle` only once everything the
+    batch produced was acknowledged, so the shell never commits what was not published.
+    """
+
+    def __init__(self, ctx: WorkerContext, outputs: Outputs, *, backoff_max_s: float = BACKOFF_MAX_S) -> None:
+        self.ctx = ctx
+        self.outputs = outputs
+        self.degraded: dict[str, str] = {}
+        self.processed = 0
+        self.batches = 0
+        self.last_batch_at: float | None = None
+        self.last_summary: AllocationSummary | None = None
+        self._backoff_max_s = backoff_max_s
+        self._stopping = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
+        self._allocating = asyncio.Lock()
+        self._last_fingerprint: Fingerprint | None = None
+
+    # ------------------------------------------------------------------ lifecycle and state
+
+    def stop(self) -> None:
+        """Ask every wait for a service to give up (:class:`Stopped`)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def status(self) -> str:
+        return "degraded" if self.degraded else "ok"
+
+    def degrade(self, component: str, why: object) -> None:
+        text = str(why).splitlines()[0][:300] if str(why) else repr(why)
+        if self.degraded.get(component) != text:
+            log.warning("degraded: %s: %s (retrying with backoff)", component, text)
+        self.degraded[component] = text
+        self.ctx.metrics.degraded.labels(component=component).set(1)
+
+    def recover(self, component: str) -> None:
+        if self.degraded.pop(component, None) is not None:
+            log.info("recovered: %s", component)
+            self.ctx.metrics.degraded.labels(component=component).set(0)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the core's one worker thread (batches and allocator steps never overlap)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _backoff(self, delay_s: float) -> float:
+        """Sleep ``delay_s`` unless stopped; returns the next delay."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        except TimeoutError:
+            return min(delay_s * 2, self._backoff_max_s)
+        raise Stopped
+
+    # ------------------------------------------------------------------ one batch
+
+    async def handle(self, records: Sequence[Record]) -> BatchOutcome:
+        """Process one polled batch and publish its dead letters and scores; returns once all are acknowledged.
+
+        Raises
+        ------
+        Stopped
+            When :meth:`stop` was called while waiting for Redis or Kafka: nothing may be committed.
+        """
+        ctx, m = self.ctx, self.ctx.metrics
+        t0 = time.perf_counter()
+        messages = [(r.value or b"", Source(r.topic, r.partition, r.offset, decode_key(r.key))) for r in records]
+        outcome = await self._process(messages)
+        t1 = time.perf_counter()
+        await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
+                            dead_letters=True)
+        await self._publish(self.outputs.scores, [(sc.enterprise_id, sc) for sc in outcome.scores])
+        published_ms = time.time() * 1000
+        m.batches.inc()
+        m.events.labels(outcome="applied").inc(outcome.applied.applied)
+        m.events.labels(outcome="duplicate").inc(outcome.applied.duplicates)
+        m.events.labels(outcome="dead").inc(len(outcome.dead_letters))
+        for d in outcome.dead_letters:
+            m.dead_letter(d.reason)
+            log.warning("dead letter topic=%s partition=%s offset=%s reason=%s", d.source_topic, d.source_partition,
+                        d.source_offset, d.reason)
+        m.scores.inc(len(outcome.scores))
+        for alarm in ctx.drift.observe(outcome.scores):
+            m.drift_alarms.labels(signal=str(alarm.key)).inc()
+            log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
+                        alarm.n_seen, alarm.value)
+        if outcome.scores:
+            m.freshness(max(0.0, (published_ms - r.timestamp) / 1000) for r in records if r.timestamp and r.timestamp > 0)
+        m.batch_latency.observe(time.perf_counter() - t0)
+        m.scoring_latency.observe(t1 - t0)
+        if outcome.applied.watermark is not None:
+            m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
+        self.processed += len(messages)
+        self.batches += 1
+        self.last_batch_at = time.time()
+        return outcome
+
+    async def _process(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
+        """Process with retries; a batch that fails for another reason is split until the culprit is found."""
+        try:
+            return await self._process_retrying(messages)
+        except Stopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of one message must not stop the stream
+            first, last = messages[0][1], messages[-1][1]
+            if len(messages) == 1:
+                log.error("poison message topic=%s partition=%s offset=%s: %r; dead-lettered", first.topic,
+                          first.partition, first.offset, exc)
+                raw, source = messages[0]
+                dead = poison_letter(raw, source, self.ctx.clock(), exc)
+                return BatchOutcome([], [dead], ApplyResult(frozenset(), frozenset(), 0, 0, None), [])
+            log.warning("batch of %d failed (%r) topic=%s offsets %s..%s; splitting it to find the message",
+                        len(messages), exc, first.topic, first.offset, last.offset)
+            mid = len(messages) // 2
+            return merge_outcomes(await self._process(messages[:mid]), await self._process(messages[mid:]))
+
+    async def _process_retrying(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
+        ctx = self.ctx
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                outcome = await self._in_thread(partial(
+                    process_batch, messages, ctx.features, ctx.scores, ctx.registry, ctx.scorer, now=ctx.clock(),
+                    score_batch_size=ctx.settings.worker.score_batch_size))
+            except StreamError as exc:
+                # a write may have half-happened: whatever this process cached no longer says what the store holds
+                ctx.features.invalidate()
+                if not exc.retriable:
+                    raise
+                first, last = messages[0][1], messages[-1][1]
+                log.error("batch failed topic=%s partition=%s offset=%s..%s: %s", first.topic, first.partition,
+                          first.offset, last.offset, exc)
+                self.degrade("store", exc)
+                ctx.metrics.store_retries.inc()
+                delay = await self._backoff(delay)
+                continue
+            except Exception:
+                ctx.features.invalidate()
+                raise
+            self.recover("store")
+            return outcome
+
+    async def _publish(self, publisher: BatchPublisher[T], items: list[tuple[str, T]], *,
+                       dead_letters: bool = False) -> None:
+        """Publish until acknowledged; Kafka down means wait (degraded), never give up or skip."""
+        delay = BACKOFF_FIRST_S
+        while items:
+            try:
+                await publisher.publish_many(items)
+            except PublishFailed as exc:
+                self.degrade("kafka", exc)
+                if dead_letters and not exc.retriable:  # e.g. over the size limit: keep the record, drop its bytes
+                    items = [(k, _without_payload(v, exc)) for k, v in items]  # type: ignore[arg-type]
+                delay = await self._backoff(delay)
+                continue
+            self.recover("kafka")
+            return
+
+    # ------------------------------------------------------------------ the allocator
+
+    async def allocate(self, *, force: bool = False) -> AllocationSummary | None:
+        """One allocator step (:func:`streams.pipeline.decide_allocation`); publishes what changed.
+
+        Scores and lines are saved to their stores only once published: a crash in between
+        republishes the same decisions.
+        """
+        async with self._allocating:
+            ctx = self.ctx
+
+            def decide() -> Any:
+                return decide_allocation(
+                    ctx.scores.all(), ctx.lines.all(), ctx.allocate, ctx.registry, ctx.policy(), now=ctx.clock(),
+                    bundle_version=ctx.scorer.version, as_of=ctx.features.watermark(), features=ctx.features,
+                    scorer=ctx.scorer, last_fingerprint=self._last_fingerprint, force=force)
+
+            try:
+                step = await self._in_thread(decide)
+            except StreamError as exc:
+                if not exc.retriable:
+                    raise
+                self.degrade("store", exc)
+                return None
+            if step is None:
+                return None
+            outcome = step.outcome
+            await self._publish(self.outputs.scores, [(x.enterprise_id, x) for x in step.refreshed])
+            await self._publish(self.outputs.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
+            await self._publish(self.outputs.allocations, [(outcome.summary.allocation_id, outcome.summary)])
+            await self._in_thread(lambda: (ctx.scores.put_many(step.refreshed), ctx.lines.put_many(outcome.changed)))
+            self._last_fingerprint = step.fingerprint
+            m = ctx.metrics
+            m.allocations.inc()
+            m.allocator_runtime.set(outcome.summary.runtime_s)
+            m.allocator_gap.set(outcome.summary.gap or 0.0)
+            m.allocated.set(outcome.summary.total_amount_yuan)
+            m.lines_changed.inc(len(outcome.changed))
+            m.unknown_enterprises.set(outcome.n_unknown)
+            self.last_summary = outcome.summary
+            log.info("allocation %s as of %s: %d lines, %.0f yuan, %d changed, solver %s", outcome.summary.allocation_id,
+                     outcome.summary.as_of, outcome.summary.n_lines, outcome.summary.total_amount_yuan,
+                     outcome.summary.n_changed, outcome.summary.solver)
+            return outcome.summary
+
+
+def _without_payload(dead: DeadLetter, exc: Exception) -> DeadLetter:
+    """The dead letter without its raw bytes, for a broker that refuses it as it is (kept: reason and coordinates)."""
+    note = f"raw payload ({len(dead.raw_base64)} base64 characters) not kept: the broker refused it ({exc})"
+    return dead.model_copy(update={"raw_base64": "", "error": f"{dead.error} | {note}"[:1000]})
+
 
 class IngestLoop:
-    """Consume ``invoices`` in micro-batches, fold into the feature store, rescore, publish, commit."""
+    """The Kafka shell of the core: consume ``invoices`` in micro-batches, hand them to the core, commit."""
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
+        self.core: WorkerCore | None = None
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.processed = 0
-        self.batches = 0
-        self.last_batch_at: float | None = None
+
+    @property
+    def processed(self) -> int:
+        return self.core.processed if self.core is not None else 0
+
+    @property
+    def batches(self) -> int:
+        return self.core.batches if self.core is not None else 0
 
     async def start(self) -> None:
         s = self.ctx.settings
@@ -98,11 +407,17 @@ class IngestLoop:
         )
         await self.producer.start()
         await self.consumer.start()
+        self.core = WorkerCore(self.ctx, Outputs.kafka(self.producer, s.topics))
         self.consumer.subscribe([s.topics.invoices], listener=_Rebalance(self))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Finish the batch in flight (its offsets are committed), then close the clients."""
+        """Finish the batch in flight (its offsets are committed), then close the clients.
+
+        A batch waiting for Redis or Kafka is abandoned uncommitted: it is redelivered.
+        """
         self._stopping.set()
+        if self.core is not None:
+            self.core.stop()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
@@ -113,99 +428,57 @@ class IngestLoop:
         if self.producer is not None:
             await self.producer.stop()
             self.producer = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.core is not None:
+            self.core.close()
 
     async def run(self) -> None:
         """Loop until :meth:`stop`."""
-        assert self.consumer is not None, "start() first"  # noqa: S101 - programming error, not input
+        if self.consumer is None or self.core is None:
+            raise RuntimeError("IngestLoop.start() first")
+        consumer, core = self.consumer, self.core
         within_ms = int(self.ctx.settings.worker.batch_within_s * 1000)
+        delay = BACKOFF_FIRST_S
         while not self._stopping.is_set():
-            batch = await self.consumer.getmany(timeout_ms=within_ms, max_records=self.ctx.settings.worker.batch_size)
+            try:
+                batch = await consumer.getmany(timeout_ms=within_ms, max_records=self.ctx.settings.worker.batch_size)
+            except KafkaError as exc:  # the consumer reconnects by itself; say so and wait
+                core.degrade("kafka", f"fetch failed: {exc!r}")
+                try:
+                    delay = await core._backoff(delay)  # noqa: SLF001 - the same backoff as the core's
+                except Stopped:
+                    return
+                continue
+            delay = BACKOFF_FIRST_S
             if not batch:
                 continue
             self._idle.clear()
             try:
-                await self.handle(batch)
+                await core.handle([msg for msgs in batch.values() for msg in msgs])
+            except Stopped:
+                log.warning("stopped while waiting for a service; the batch in flight stays uncommitted")
+                return
             finally:
                 self._idle.set()
+            await self._commit(batch)
 
-    async def handle(self, batch: dict[TopicPartition, list[Any]]) -> BatchOutcome:
-        """Process one polled batch; offsets are committed only after everything it produced is acknowledged."""
-        ctx, m = self.ctx, self.ctx.metrics
-        t0 = time.perf_counter()
-        messages = [(msg.value or b"", Source(msg.topic, msg.partition, msg.offset, decode_key(msg.key)))
-                    for msgs in batch.values() for msg in msgs]
-        produced_ms = [msg.timestamp for msgs in batch.values() for msg in msgs]
-        outcome = await self._process_with_retry(messages)
-        t1 = time.perf_counter()
-        s = ctx.settings.topics
-        assert self.producer is not None  # noqa: S101
-        await publish_many(self.producer, s.dlq, [(d.key or "", d) for d in outcome.dead_letters])
-        await publish_many(self.producer, s.scores, [(sc.enterprise_id, sc) for sc in outcome.scores])
-        published_ms = time.time() * 1000
+    async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        assert self.consumer is not None and self.core is not None  # noqa: S101 - run() checked
+        consumer, m = self.consumer, self.ctx.metrics
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs}
         try:
-            assert self.consumer is not None  # noqa: S101
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:  # a rebalance took the partitions: the new owner redoes them
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:  # a rebalance took the partitions: the new owner redoes them
             log.warning("offset commit failed (%r) for %s; the batch will be redelivered (idempotent)", exc,
                         {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
-        # metrics
-        m.batches.inc()
-        m.events.labels(outcome="applied").inc(outcome.applied.applied)
-        m.events.labels(outcome="duplicate").inc(outcome.applied.duplicates)
-        m.events.labels(outcome="dead").inc(len(outcome.dead_letters))
-        for d in outcome.dead_letters:
-            m.dead_letter(d.reason)
-            log.warning("dead letter topic=%s partition=%s offset=%s reason=%s", d.source_topic, d.source_partition,
-                        d.source_offset, d.reason)
-        m.scores.inc(len(outcome.scores))
-        for alarm in ctx.drift.observe(outcome.scores):
-            m.drift_alarms.labels(signal=str(alarm.key)).inc()
-            log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
-                        alarm.n_seen, alarm.value)
-        if outcome.scores:
-            m.freshness(max(0.0, (published_ms - p) / 1000) for p in produced_ms if p and p > 0)
-        m.batch_latency.observe(time.perf_counter() - t0)
-        m.scoring_latency.observe(t1 - t0)
-        if outcome.applied.watermark is not None:
-            m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
-        assigned = self.consumer.assignment() if self.consumer is not None else set()
+        except KafkaError as exc:  # the broker is away: the next batch's commit covers these offsets
+            self.core.degrade("kafka", f"offset commit failed: {exc!r}")
+        assigned = consumer.assignment()
         for tp, msgs in batch.items():
-            if tp not in assigned or self.consumer is None:  # revoked by a rebalance meanwhile
+            if tp not in assigned:  # revoked by a rebalance meanwhile
                 continue
-            hw = self.consumer.highwater(tp)
+            hw = consumer.highwater(tp)
             if hw is not None and msgs:
                 m.lag.labels(partition=str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
-        self.processed += len(messages)
-        self.batches += 1
-        self.last_batch_at = time.time()
-        return outcome
-
-    async def _process_with_retry(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
-        ctx = self.ctx
-        loop = asyncio.get_running_loop()
-        delay = 0.2
-        while True:
-            try:
-                return await loop.run_in_executor(
-                    self._executor,
-                    lambda: process_batch(messages, ctx.features, ctx.scores, ctx.registry, ctx.scorer,
-                                          now=ctx.clock(), score_batch_size=ctx.settings.worker.score_batch_size))
-            except StreamError as exc:
-                first, last = messages[0][1], messages[-1][1]
-                log.error("batch failed topic=%s partition=%s offset=%s..%s: %s", first.topic, first.partition,
-                          first.offset, last.offset, exc)
-                if not exc.retriable or self._stopping.is_set():
-                    raise
-                self.ctx.metrics.store_retries.inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except Exception as exc:
-                first, last = messages[0][1], messages[-1][1]
-                log.exception("batch failed topic=%s partition=%s offset=%s..%s: %r", first.topic, first.partition,
-                              first.offset, last.offset, exc)
-                raise
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -221,77 +494,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._invalidate("assigned", assigned)
 
     def _invalidate(self, what: str, tps: Any) -> None:
-        invalidate = getattr(self.ingest.ctx.features, "invalidate", None)
-        if invalidate is not None:
-            invalidate()
+        self.ingest.ctx.features.invalidate()
         log.info("partitions %s: %s", what, sorted(f"{tp.topic}/{tp.partition}" for tp in tps))
-
-
-def _fingerprint(scores: dict[str, EnterpriseScore]) -> tuple[int, str]:
-    """What the allocator last decided on: how many scores, and the newest of them."""
-    return len(scores), max(x.scored_at.isoformat() for x in scores.values())
-
-
-class AllocatorStep:
-    """One allocator run over the current scores; publishes changed lines and the summary."""
-
-    def __init__(self, ctx: WorkerContext) -> None:
-        self.ctx = ctx
-        self._last_fingerprint: tuple[int, str] | None = None
-        self._lock = asyncio.Lock()
-        self.last_summary: AllocationSummary | None = None
-
-    async def run(self, producer: AIOKafkaProducer, *, force: bool = False) -> AllocationSummary | None:
-        async with self._lock:
-            ctx, s = self.ctx, self.ctx.settings
-            loop = asyncio.get_running_loop()
-
-            def decide() -> Any:
-                scores = ctx.scores.all()
-                if len(scores) < s.allocator.min_scores:
-                    return None
-                fingerprint = _fingerprint(scores)
-                if fingerprint == self._last_fingerprint and not force:
-                    return None
-                as_of = ctx.features.watermark() or max(x.as_of for x in scores.values())
-                now = ctx.clock()
-                # Scores of enterprises that stopped invoicing were computed in an earlier month: rescore
-                # them as of the watermark first (reading Redis itself, not this worker's cache: other
-                # workers own most of these partitions), so the lines equal the backtest's.
-                refreshed = rescore(stale_score_ids(scores.values(), as_of), getattr(ctx.features, "inner", ctx.features),
-                                    ctx.registry, ctx.scorer, as_of=as_of, now=now)
-                if refreshed:
-                    ctx.scores.put_many(refreshed)
-                    scores = {**scores, **{x.enterprise_id: x for x in refreshed}}
-                    fingerprint = _fingerprint(scores)
-                outcome = run_allocation(
-                    scores, ctx.lines.all(), ctx.allocate, ctx.registry, budget_yuan=s.allocator.budget_yuan,
-                    solver=s.allocator.solver, as_of=as_of, now=now, allocation_id=allocation_id_for(as_of, now),
-                    bundle_version=ctx.scorer.version, seed=s.allocator.seed)
-                return fingerprint, outcome, refreshed
-
-            decided = await loop.run_in_executor(None, decide)
-            if decided is None:
-                return None
-            fingerprint, outcome, refreshed = decided
-            await publish_many(producer, s.topics.scores, [(x.enterprise_id, x) for x in refreshed])
-            await publish_many(producer, s.topics.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
-            await publish_many(producer, s.topics.allocations, [(outcome.summary.allocation_id, outcome.summary)])
-            # remembered only once published: a crash in between republishes the same decisions
-            await loop.run_in_executor(None, ctx.lines.put_many, outcome.changed)
-            self._last_fingerprint = fingerprint
-            m = ctx.metrics
-            m.allocations.inc()
-            m.allocator_runtime.set(outcome.summary.runtime_s)
-            m.allocator_gap.set(outcome.summary.gap or 0.0)
-            m.allocated.set(outcome.summary.total_amount_yuan)
-            m.lines_changed.inc(len(outcome.changed))
-            m.unknown_enterprises.set(outcome.n_unknown)
-            self.last_summary = outcome.summary
-            log.info("allocation %s as of %s: %d lines, %.0f yuan, %d changed, solver %s", outcome.summary.allocation_id,
-                     outcome.summary.as_of, outcome.summary.n_lines, outcome.summary.total_amount_yuan,
-                     outcome.summary.n_changed, outcome.summary.solver)
-            return outcome.summary
 
 
 def build_context(settings: Settings) -> WorkerContext:
@@ -325,7 +529,14 @@ def build_context(settings: Settings) -> WorkerContext:
 
 
 def create_app(settings: Settings, ctx: WorkerContext) -> Any:
-    """The faust app of one worker: the ingest loop as a service, the leader-only allocator timer, /health."""
+    """The faust app of one worker: the ingest loop as a service, the leader-only allocator timer, /health.
+
+    Raises
+    ------
+    SettingsConflict
+        See :func:`check_worker_settings`.
+    """
+    check_worker_settings(settings)
     import faust
     import mode
 
@@ -345,26 +556,30 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
         topic_replication_factor=settings.topics.replication,
     )
     ingest = IngestLoop(ctx)
-    allocator = AllocatorStep(ctx)
 
     async def health() -> dict[str, Any]:
-        status = "ok"
+        core = ingest.core
         watermark = None
+        degraded = dict(core.degraded) if core is not None else {}
         try:
             watermark = await asyncio.get_running_loop().run_in_executor(None, ctx.features.watermark)
         except StreamError as exc:
-            status = f"store unavailable: {exc}"
+            degraded.setdefault("store", str(exc).splitlines()[0][:300])
+        if "kafka" not in degraded and not await _broker_answers(ingest.producer):
+            degraded["kafka"] = f"no broker of {settings.kafka.bootstrap} answers a metadata request"
         assigned = sorted(tp.partition for tp in ingest.consumer.assignment()) if ingest.consumer else []
-        return {"status": status, "leader": app.is_leader(), "partitions": assigned, "processed": ingest.processed,
-                "batches": ingest.batches, "watermark": watermark, "bundle_version": ctx.scorer.version,
-                "last_allocation": allocator.last_summary.allocation_id if allocator.last_summary else None,
+        last = core.last_summary if core is not None else None
+        return {"status": "degraded" if degraded else "ok", "degraded": degraded, "leader": app.is_leader(),
+                "partitions": assigned, "processed": ingest.processed, "batches": ingest.batches,
+                "watermark": watermark, "bundle_version": ctx.scorer.version,
+                "last_allocation": last.allocation_id if last else None,
                 "freshness": ctx.metrics.quantiles(),
                 "drift_alarms": {key: len(mon.alarms) for key, mon in sorted(ctx.drift.monitors.items()) if mon.alarms}}
 
     async def allocate_now() -> dict[str, Any]:
-        if not app.is_leader() or ingest.producer is None:
+        if not app.is_leader() or ingest.core is None:
             return {"ran": False, "why": "not the leader"}
-        summary = await allocator.run(ingest.producer, force=True)
+        summary = await ingest.core.allocate(force=True)
         return {"ran": summary is not None, "summary": summary.model_dump(mode="json") if summary else None}
 
     server = HealthServer(settings.worker.metrics_port, ctx.metrics, health, allocate_now) \
@@ -389,14 +604,26 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
 
     @app.timer(settings.allocator.interval_s, on_leader=True)
     async def allocate_timer() -> None:
-        if ingest.producer is not None:
+        if ingest.core is not None:
             try:
-                await allocator.run(ingest.producer)
+                await ingest.core.allocate()
+            except Stopped:
+                pass
             except Exception:  # the next tick tries again; the worker keeps ingesting
                 log.exception("allocator run failed")
 
-    app.riskmon = {"ingest": ingest, "allocator": allocator, "server": server}  # type: ignore[attr-defined]
+    app.riskmon = {"ingest": ingest, "server": server}  # type: ignore[attr-defined]
     return app
+
+
+async def _broker_answers(producer: AIOKafkaProducer | None, timeout_s: float = 3.0) -> bool:
+    """Whether a broker answers a metadata request now (an idle worker notices an outage only this way)."""
+    if producer is None:
+        return True
+    try:
+        return bool(await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s))
+    except (KafkaError, OSError, TimeoutError):
+        return False
 
 
 def _faust_credentials(settings: Settings) -> Any:

@@ -28,3 +28,9 @@ class CorruptState(StreamError):
     """A stored value could not be decoded (wrong schema version or not our data)."""
 
     retriable = False
+
+
+class PublishFailed(StreamError):
+    """Not every message of a batch was acknowledged by the broker (``retriable`` unless it never can be)."""
+
+    retriable = True

@@ -51,6 +51,8 @@ class Metrics:
         self.lines_changed = Counter("riskmon_credit_lines_published", "CreditLine messages published", registry=r)
         self.drift_alarms = Counter("riskmon_drift_alarms", "River drift alarms on the stream of scores, by signal",
                                     ["signal"], registry=r)
+        self.degraded = Gauge("riskmon_degraded", "1 while a service the worker needs is failing (it waits and retries)",
+                              ["component"], registry=r)
         self._fresh: deque[float] = deque(maxlen=freshness_samples)
 
     def dead_letter(self, reason: str) -> None:

@@ -26,11 +26,12 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import numpy as np
 from pydantic import ValidationError
 
+from allocator.reasons import line_changes
 from models.scoring import Score, Scorer, ScoringBatch
 from models.schema import NUMERIC_FEATURES
 from streams.dataset import validation_reason
@@ -46,6 +47,7 @@ REASON_NOT_OBJECT: Final = "not_object"
 REASON_UNKNOWN_FIELD: Final = "unknown_field"
 REASON_UNKNOWN_ENTERPRISE: Final = "unknown_enterprise"
 REASON_NOT_ALLOCATED: Final = "not_allocated"
+REASON_PROCESSING_FAILED: Final = "processing_failed"  # a message that alone makes its batch fail (poison pill)
 _RATINGS: Final = ("A", "B", "C", "D")
 
 
@@ -363,6 +365,45 @@ def process_batch(
     return BatchOutcome(events, dead, result, new_scores)
 
 
+def merge_outcomes(first: BatchOutcome, second: BatchOutcome) -> BatchOutcome:
+    """One outcome for two parts of a batch processed one after the other (the later score of an enterprise wins).
+
+    Examples
+    --------
+    >>> empty = BatchOutcome([], [], ApplyResult(frozenset(), frozenset(), 0, 0, None), [])
+    >>> merge_outcomes(empty, empty).applied.applied
+    0
+    """
+    a, b = first.applied, second.applied
+    marks = [w for w in (a.watermark, b.watermark) if w is not None]
+    shift = len(first.events)
+    applied = ApplyResult(a.touched | b.touched, a.changed | b.changed, a.applied + b.applied,
+                          a.duplicates + b.duplicates, max(marks) if marks else None,
+                          a.rejected + tuple((i + shift, why) for i, why in b.rejected))
+    scores = list({s.enterprise_id: s for s in first.scores + second.scores}.values())
+    return BatchOutcome(first.events + second.events, first.dead_letters + second.dead_letters, applied, scores)
+
+
+def poison_letter(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime,
+                  error: BaseException) -> DeadLetter:
+    """The dead letter of a message that alone makes its batch fail (reason ``processing_failed``).
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> d = poison_letter(b"{}", Source("invoices", 1, 9), dt.datetime(2020, 1, 1, tzinfo=dt.UTC), RuntimeError("boom"))
+    >>> d.reason, d.error, d.source_offset
+    ('processing_failed', "RuntimeError('boom')", 9)
+    """
+    if isinstance(raw, Mapping):
+        raw_bytes = json.dumps(raw, default=str, ensure_ascii=False).encode()
+    else:
+        raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+    return DeadLetter(reason=REASON_PROCESSING_FAILED, error=repr(error)[:1000], source_topic=source.topic,
+                      source_partition=source.partition, source_offset=source.offset, key=source.key,
+                      raw_base64=base64.b64encode(raw_bytes).decode("ascii"), failed_at=now)
+
+
 # --------------------------------------------------------------------------- allocation
 
 
@@ -408,33 +449,28 @@ class AllocationOutcome:
     skipped: list[str] = field(default_factory=list)
 
 
+class _Proposed(NamedTuple):
+    """A line as the allocator now proposes it, in the shape :func:`allocator.reasons.line_changes` reads."""
+
+    amount_yuan: float
+    rate: float
+    default_probability: float
+    rating: str
+    segment: str
+    reasons: Sequence[str]
+
+
 def change_reasons(previous: CreditLine | None, amount_yuan: float, rate: float, score: EnterpriseScore,
                    reasons_now: Sequence[str]) -> list[str]:
     """Why a line differs from the previous one (``["new"]`` without one, empty when unchanged).
 
-    A line changes when its amount or rate does, or when the allocator's reasons for it do
-    (``reasons_changed``: e.g. a declined enterprise re-rated from D to B is still declined, now
-    for ``negative_expected_profit``), so the published reasons never go stale.
+    The rule is :func:`allocator.reasons.line_changes` (its one home): a line changes when its
+    amount or rate does, or when the allocator's reasons for it do (``reasons_changed``: e.g. a
+    declined enterprise re-rated from D to B is still declined, now for
+    ``negative_expected_profit``), so the published reasons never go stale.
     """
-    if previous is None:
-        return ["new"]
-    reasons: list[str] = []
-    if abs(amount_yuan - previous.amount_yuan) > 0.005:
-        reasons.append("amount_increased" if amount_yuan > previous.amount_yuan else "amount_decreased")
-    if abs(rate - previous.rate) > 1e-9:
-        reasons.append("rate_increased" if rate > previous.rate else "rate_decreased")
-    if list(reasons_now) != list(previous.reasons):
-        reasons.append("reasons_changed")
-    if not reasons:
-        return []
-    if score.rating != previous.rating:
-        reasons.append(f"rating_changed:{previous.rating}->{score.rating}")
-    if score.segment != previous.segment:
-        reasons.append(f"segment_changed:{previous.segment}->{score.segment}")
-    delta_pd = score.default_probability - previous.default_probability
-    if abs(delta_pd) >= 0.01:
-        reasons.append("default_probability_increased" if delta_pd > 0 else "default_probability_decreased")
-    return reasons
+    proposed = _Proposed(amount_yuan, rate, score.default_probability, score.rating, score.segment, reasons_now)
+    return list(line_changes(previous, proposed))
 
 
 def run_allocation(
@@ -522,3 +558,91 @@ def allocation_id_for(as_of: dt.date, now: dt.datetime) -> str:
     """
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return f"alloc-{as_of:%Y%m%d}-{stamp}"
+
+
+Fingerprint = tuple[int, str]
+
+
+def scores_fingerprint(scores: Mapping[str, EnterpriseScore]) -> Fingerprint:
+    """What the allocator decides on: how many scores, and when the newest was computed.
+
+    Examples
+    --------
+    >>> import datetime as dt
+    >>> class S:
+    ...     def __init__(self, t): self.scored_at = t
+    >>> scores_fingerprint({"E1": S(dt.datetime(2020, 1, 1)), "E2": S(dt.datetime(2020, 1, 2))})
+    (2, '2020-01-02T00:00:00')
+    """
+    return len(scores), max(x.scored_at.isoformat() for x in scores.values())
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationPolicy:
+    """How the allocator decides: the budget, the solver, its seed, and the fewest scores worth deciding on."""
+
+    budget_yuan: float
+    solver: str = "exact"
+    seed: int = 0
+    min_scores: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationStep:
+    """One decision of the allocator and what the shell must publish for it.
+
+    ``refreshed`` are the stale scores rescored as of ``as_of`` (publish them and save them to
+    the ScoreStore); ``outcome.changed`` the credit lines to publish (then save them to the
+    CreditLineStore); ``fingerprint`` what to pass as ``last_fingerprint`` next time.
+    """
+
+    as_of: dt.date
+    outcome: AllocationOutcome
+    refreshed: list[EnterpriseScore]
+    fingerprint: Fingerprint
+
+
+def decide_allocation(
+    scores: Mapping[str, EnterpriseScore],
+    previous: Mapping[str, CreditLine],
+    allocate: Allocate,
+    registry: EnterpriseRegistry,
+    policy: AllocationPolicy,
+    *,
+    now: dt.datetime,
+    bundle_version: str,
+    as_of: dt.date | None = None,
+    features: FeatureStore | None = None,
+    scorer: Scorer | None = None,
+    last_fingerprint: Fingerprint | None = None,
+    force: bool = False,
+) -> AllocationStep | None:
+    """The allocator's step: when to decide, on which scores, and the decision. The worker and the backtest call it.
+
+    Returns None when fewer than ``policy.min_scores`` enterprises are scored, or when the scores
+    are those of the last decision (``last_fingerprint``) and ``force`` is not set.
+
+    ``as_of`` is the event-time watermark (default: the newest score's as-of date). Scores
+    computed as of an earlier month (enterprises that stopped invoicing) are rescored as of it
+    first, from ``features`` through ``scorer`` when both are given, so that every line rests on
+    features as of the same month; the cached state of those enterprises is invalidated first,
+    since other workers own most of their partitions. Nothing is written: the shell publishes
+    the step's results and then saves them.
+    """
+    if len(scores) < max(1, policy.min_scores):
+        return None
+    fingerprint = scores_fingerprint(scores)
+    if fingerprint == last_fingerprint and not force:
+        return None
+    as_of = as_of or max(x.as_of for x in scores.values())
+    refreshed: list[EnterpriseScore] = []
+    stale = stale_score_ids(scores.values(), as_of)
+    if stale and features is not None and scorer is not None:
+        features.invalidate(stale)
+        refreshed = rescore(stale, features, registry, scorer, as_of=as_of, now=now)
+        scores = {**scores, **{x.enterprise_id: x for x in refreshed}}
+        fingerprint = scores_fingerprint(scores)
+    outcome = run_allocation(scores, previous, allocate, registry, budget_yuan=policy.budget_yuan, solver=policy.solver,
+                             as_of=as_of, now=now, allocation_id=allocation_id_for(as_of, now),
+                             bundle_version=bundle_version, seed=policy.seed)
+    return AllocationStep(as_of, outcome, refreshed, fingerprint)

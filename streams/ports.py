@@ -148,6 +148,15 @@ class FeatureStore(Protocol):
         """Move the watermark to ``issue_date`` if later; returns the watermark after the call."""
         ...
 
+    def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
+        """Forget anything cached in this process for these enterprises (all when None).
+
+        The next read comes from the store of record. A store without a cache does nothing.
+        The worker calls it on every rebalance, before retrying a failed batch, and before the
+        allocator rescores enterprises whose partitions other workers own.
+        """
+        ...
+
 
 class ScoreStore(Protocol):
     """The current score of every enterprise (what the allocator reads)."""
@@ -181,6 +190,16 @@ class Publisher(Protocol[T_contra]):
     """Sends values downstream, keyed (Kafka: key = enterprise id or allocation id)."""
 
     def publish(self, key: str, value: T_contra) -> None: ...
+
+
+class BatchPublisher(Protocol[T_contra]):
+    """Sends a batch of keyed values and returns once every one is acknowledged (the live worker's outputs).
+
+    Raises :class:`streams.errors.PublishFailed` (``retriable`` when the broker may come back)
+    if not all were acknowledged; some may have been delivered, so a retry can repeat them.
+    """
+
+    async def publish_many(self, items: Sequence[tuple[str, T_contra]]) -> None: ...
 
 
 ScorePublisher = Publisher[EnterpriseScore]

@@ -222,33 +222,13 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
 async def _create_topic(
     bootstrap: str, topic: str, partitions: int, config: dict[str, str], timeout_s: float
 ) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await admin.start()
-    try:
-        response = await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config)]
-        )
-        errors = [e for e in response.to_object().get("topic_errors", []) if e.get("error_code", 0) != 0]
-        if errors:
-            raise RuntimeError(f"create_topics({topic!r}) failed: {errors}")
-        deadline = time.monotonic() + timeout_s
-        while True:  # wait until every partition has a leader, so producers do not race creation
-            described = await admin.describe_topics([topic])
-            parts = described[0].get("partitions", []) if described else []
-            if (
-                described
-                and described[0].get("error_code", 0) == 0
-                and len(parts) == partitions
-                and all(p.get("leader", -1) >= 0 for p in parts)
-            ):
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"topic {topic!r} not ready after {timeout_s} s: {described}")
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
+    from streams.adapters.kafka import create_topics
+    from streams.settings import KafkaSettings
+
+    spec = NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config)
+    await create_topics(KafkaSettings(bootstrap=bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
 
 
 async def _delete_topics(bootstrap: str, topics: list[str]) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from streams.features.fold import EnterpriseState
 from streams.ports import DeltaItem, FeatureStore, StoreWrite
@@ -41,9 +41,13 @@ class CachedFeatureStore:
         self.hits = 0
         self.misses = 0
 
-    def invalidate(self) -> None:
-        """Forget everything (another worker may have written these enterprises)."""
-        self._cache = OrderedDict()  # a batch in flight keeps the old dict; nothing is cleared under it
+    def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
+        """Forget these enterprises (all when None): another worker, or a failed write, may have changed them."""
+        if enterprise_ids is None:
+            self._cache = OrderedDict()  # a batch in flight keeps the old dict; nothing is cleared under it
+            return
+        for eid in enterprise_ids:
+            self._cache.pop(eid, None)
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
         return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]

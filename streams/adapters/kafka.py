@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel
 
 from streams.codecs import encode, encode_key
-from streams.errors import StreamError
+from streams.errors import PublishFailed, StreamError
 from streams.settings import KafkaSettings, TopicSettings
+
+
+T = TypeVar("T", bound=BaseModel)
 
 
 class BrokerUnavailable(StreamError):
@@ -65,23 +68,58 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
     ]
 
 
-async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
-    """Create the missing topics; returns the names created (existing ones are left as they are)."""
-    admin = AIOKafkaAdminClient(**client_kwargs(kafka))
+async def create_topics(kafka: KafkaSettings, specs: Sequence[NewTopic], *, exist_ok: bool = True,
+                        timeout_s: float = 30.0) -> list[str]:
+    """Create these topics and wait until every partition has a leader (so producers do not race creation).
+
+    The one place riskmon creates topics (the worker, ``riskmon topics create``, the tests' and the
+    benchmarks' fixtures). Returns the names created; with ``exist_ok`` a topic that exists already
+    is left as it is, else it is an error.
+
+    Raises
+    ------
+    BrokerUnavailable
+        When the broker cannot be reached, refuses a topic, or a partition has no leader in time.
+    """
+    admin = AIOKafkaAdminClient(request_timeout_ms=max(1000, int(timeout_s * 1000)), **client_kwargs(kafka))
     try:
         await admin.start()
-        existing = set(await admin.list_topics())
-        wanted = [spec for spec in topic_specs(topics) if spec.name not in existing]
+        existing = set(await admin.list_topics()) if exist_ok else set()
+        wanted = [spec for spec in specs if spec.name not in existing]
         if wanted:
             try:
-                await admin.create_topics(wanted)
+                response = await admin.create_topics(wanted)
             except TopicAlreadyExistsError:  # a second worker won the race
-                pass
-        return [spec.name for spec in wanted]
+                if not exist_ok:
+                    raise
+                response = None
+            allowed = {0, 36} if exist_ok else {0}  # 36: TOPIC_ALREADY_EXISTS (another worker won the race)
+            errors = [e for e in (response.to_object().get("topic_errors", []) if response is not None else [])
+                      if e.get("error_code", 0) not in allowed]
+            if errors:
+                raise BrokerUnavailable(f"creating topics on {kafka.bootstrap} failed: {errors}", retriable=False)
+        names = [spec.name for spec in wanted]
+        counts = {spec.name: spec.num_partitions for spec in wanted}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while names:
+            described = await admin.describe_topics(names)
+            ready = all(d.get("error_code", 0) == 0 and len(d.get("partitions", [])) == counts[d["topic"]]
+                        and all(p.get("leader", -1) >= 0 for p in d["partitions"]) for d in described)
+            if ready and len(described) == len(names):
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                raise BrokerUnavailable(f"topics {names} not ready after {timeout_s} s: {described}")
+            await asyncio.sleep(0.05)
+        return names
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create topics on {kafka.bootstrap}: {exc!r}; is Kafka up (scripts/services up)?") from exc
     finally:
         await admin.close()
+
+
+async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
+    """Create the missing topics of the settings; returns the names created (existing ones are left as they are)."""
+    return await create_topics(kafka, topic_specs(topics))
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
@@ -97,17 +135,56 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
 
 
 async def publish_many(producer: AIOKafkaProducer, topic: str, items: Sequence[tuple[str, BaseModel]]) -> None:
-    """Send every ``(key, event)`` and wait until all are acknowledged by the broker."""
+    """Send every ``(key, event)`` and wait until all are acknowledged by the broker.
+
+    Raises
+    ------
+    PublishFailed
+        When the broker did not acknowledge them all; ``retriable`` follows aiokafka's verdict
+        (a broker that is down or electing a leader: retriable; a message over the size limit: not).
+    """
     if not items:
         return
-    futures = [await producer.send(topic, encode(value), key=encode_key(key)) for key, value in items]
-    await asyncio.gather(*futures)
+    try:
+        futures = [await producer.send(topic, encode(value), key=encode_key(key)) for key, value in items]
+        await asyncio.gather(*futures)
+    except KafkaError as exc:
+        raise PublishFailed(f"publishing {len(items)} messages to {topic} failed: {exc!r}",
+                            retriable=bool(getattr(exc, "retriable", False)) or _transient(exc)) from exc
 
 
-async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[tuple[str | None, bytes, int]]:
-    """Every message now in ``topic`` (all partitions, from the start to the current end), as (key, value, timestamp_ms)."""
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs(kafka))
-    await consumer.start()
+def _transient(exc: KafkaError) -> bool:
+    """Errors aiokafka does not flag retriable but that only mean 'the broker is not there yet'."""
+    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError))
+
+
+class KafkaPublisher(Generic[T]):
+    """:class:`streams.ports.BatchPublisher` onto one topic through a started producer."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer, self.topic = producer, topic
+
+    async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
+        await publish_many(self.producer, self.topic, items)  # type: ignore[arg-type]  # T is a wire event
+
+
+async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0,
+                     strict: bool = False) -> list[tuple[str | None, bytes, int]]:
+    """Every message now in ``topic`` (all partitions, from the start to the current end), as (key, value, timestamp_ms).
+
+    The one way riskmon reads a topic to its end (with the settings' TLS/SASL). A tombstone's value
+    is ``b""``. By default a missing topic reads as empty and a read that runs out of time returns
+    what it has; with ``strict`` both raise :class:`BrokerUnavailable`, as does a broker that cannot
+    be reached.
+    """
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest",
+                                request_timeout_ms=max(1000, int(timeout_s * 1000)), **client_kwargs(kafka))
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await consumer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {kafka.bootstrap}: {type(exc).__name__} "
+                                "(is it up? scripts/services up)") from None
     out: list[tuple[str | None, bytes, int]] = []
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -116,6 +193,8 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
+            if strict:
+                raise BrokerUnavailable(f"topic {topic!r} does not exist on {kafka.bootstrap}", retriable=False)
             return out
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -127,12 +206,15 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for tp, messages in batch.items():
                 for m in messages:
-                    out.append((m.key.decode() if m.key is not None else None, m.value or b"", m.timestamp))
+                    if m.offset < end[tp]:
+                        out.append((m.key.decode() if m.key is not None else None, m.value or b"", m.timestamp))
                 if messages and messages[-1].offset + 1 >= end[tp]:
                     remaining.discard(tp)
             for tp in list(remaining):
                 if await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
+        if remaining and strict:
+            raise BrokerUnavailable(f"timed out reading {topic} after {timeout_s:.0f} s ({len(out)} messages read)")
         return out
     finally:
         await consumer.stop()

@@ -95,6 +95,9 @@ class InMemoryFeatureStore:
     def watermark(self) -> dt.date | None:
         return self._watermark
 
+    def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
+        """Nothing is cached: the dicts are the store of record."""
+
     def advance_watermark(self, issue_date: dt.date) -> dt.date:
         if self._watermark is None or issue_date > self._watermark:
             self._watermark = issue_date
@@ -173,6 +176,10 @@ class ListPublisher(Generic[T]):
 
     def publish(self, key: str, value: T) -> None:
         self.items.append((key, value))
+
+    async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
+        """:class:`streams.ports.BatchPublisher`: append them all."""
+        self.items.extend(items)
 
     def values(self) -> list[T]:
         return [v for _, v in self.items]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -353,6 +353,9 @@ class RedisFeatureStore:
         with _translated("watermark"):
             raw = self._r.get(self._k.glob("watermark"))
         return dt.date.fromisoformat(raw.decode()) if raw else None
+
+    def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
+        """Nothing is cached in process: every read goes to Redis."""
 
     def advance_watermark(self, issue_date: dt.date) -> dt.date:
         with _translated("advance_watermark"):

@@ -5,7 +5,7 @@ The replay feeds :func:`streams.pipeline.apply_events` (the worker's fold into a
 never straddle an as-of date. When the next event is dated after an as-of date, every
 enterprise seen so far is rescored as of that date with :func:`streams.pipeline.rescore`
 (a :class:`Snapshot`); then :func:`allocate_snapshots` runs
-:func:`streams.pipeline.run_allocation` on each snapshot's scores, chaining the previous
+:func:`streams.pipeline.decide_allocation` on each snapshot's scores, chaining the previous
 lines exactly like the live allocator timer. Point-in-time correctness is structural: a
 snapshot is taken before any event dated after its as-of date is applied.
 
@@ -39,7 +39,7 @@ from models.schema import NUMERIC_FEATURES
 from models.scoring import Score, Scorer, ScoringBatch
 from streams.adapters.memory import InMemoryCreditLineStore, InMemoryFeatureStore
 from streams.events import AllocationSummary, CreditLine, EnterpriseScore, InvoiceEvent
-from streams.pipeline import Allocate, allocation_id_for, apply_events, rescore, run_allocation
+from streams.pipeline import Allocate, AllocationPolicy, apply_events, decide_allocation, rescore
 from streams.ports import EnterpriseInfo, EnterpriseRegistry, FeatureStore
 
 T = TypeVar("T")
@@ -250,7 +250,7 @@ def allocate_snapshots(
     bundle_version: str,
     seed: int = 0,
 ) -> list[DateDecision]:
-    """Run the live allocator step (:func:`streams.pipeline.run_allocation`) on each snapshot in turn.
+    """Run the live allocator step (:func:`streams.pipeline.decide_allocation`) on each snapshot in turn.
 
     The lines of one date are the ``previous`` of the next, as the worker's
     :class:`~streams.ports.CreditLineStore` makes them, so change reasons match the stream's.
@@ -260,12 +260,13 @@ def allocate_snapshots(
     for snap in snapshots:
         if not snap.scores:
             continue  # nothing known yet: the live allocator has nothing to allocate either
-        now = end_of_day(snap.as_of)
-        outcome = run_allocation(
-            snap.scores, published.all(), allocate, registry,
-            budget_yuan=budget_yuan, solver=solver, as_of=snap.as_of, now=now,
-            allocation_id=allocation_id_for(snap.as_of, now), bundle_version=bundle_version, seed=seed,
-        )
+        step = decide_allocation(snap.scores, published.all(), allocate, registry,
+                                 AllocationPolicy(budget_yuan=budget_yuan, solver=solver, seed=seed),
+                                 now=end_of_day(snap.as_of), bundle_version=bundle_version, as_of=snap.as_of,
+                                 force=True)
+        if step is None:  # pragma: no cover - scores are non-empty and force is set
+            continue
+        outcome = step.outcome
         published.put_many(outcome.changed)
         out.append(DateDecision(snap.as_of, dict(outcome.lines), tuple(outcome.changed), outcome.summary,
                                 snap.scores, snap.blind_scores))

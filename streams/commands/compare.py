@@ -13,12 +13,18 @@ import asyncio
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from streams.cli import UserError
+
+if TYPE_CHECKING:
+    from streams.settings import KafkaSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("compare", help="check the credit-lines topic against an in-process backtest")
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap HOST:PORT (default: %(default)s)")
+    parser.add_argument("--bootstrap", default=None,
+                        help="Kafka bootstrap HOST:PORT (default: RISKMON_KAFKA__BOOTSTRAP; TLS/SASL from the settings)")
     parser.add_argument("--topic", default="credit-lines", help="credit lines topic (default: %(default)s)")
     parser.add_argument("--backtest", type=Path, required=True, help="a backtest's --out folder (lines.csv)")
     parser.add_argument("--as-of", default=None, help="backtest date to compare (default: its last as-of date)")
@@ -45,63 +51,30 @@ def backtest_lines(folder: Path, as_of: str | None = None) -> tuple[str, dict[st
     return date, {str(r.enterprise_id): (float(r.amount_yuan), float(r.rate)) for r in day.itertuples(index=False)}
 
 
-async def read_latest(bootstrap: str, topic: str, timeout_s: float) -> tuple[dict[str, tuple[float, float]], int, int]:
+async def read_latest(kafka: KafkaSettings, topic: str, timeout_s: float) -> tuple[dict[str, tuple[float, float]], int, int]:
     """The latest CreditLine per key of ``topic`` up to its end offsets; also messages read and undecodable."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
-
+    from streams.adapters.kafka import read_topic
+    from streams.errors import StreamError
     from streams.events import CreditLine
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                request_timeout_ms=int(timeout_s * 1000))
     try:
-        await asyncio.wait_for(consumer.start(), timeout_s)
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        await consumer.stop()
-        raise UserError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__} (run scripts/services up)") from None
+        records = await read_topic(kafka, topic, timeout_s=timeout_s, strict=True)
+    except StreamError as exc:
+        raise UserError(str(exc)) from None
     latest: dict[str, tuple[float, float]] = {}
-    n = bad = 0
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001  # a fresh consumer may not know it yet
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise UserError(f"topic {topic!r} does not exist on {bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        async def behind() -> bool:
-            for tp in tps:
-                if await consumer.position(tp) < end[tp]:
-                    return True
-            return False
-
-        while await behind():
-            if loop.time() > deadline:
-                raise UserError(f"timed out reading {topic} after {timeout_s:.0f} s ({n} messages read)")
-            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for records in batches.values():
-                for record in records:
-                    if record.offset >= end[TopicPartition(record.topic, record.partition)]:
-                        continue
-                    n += 1
-                    if record.value is None:  # a tombstone: the line was deleted
-                        if record.key is not None:
-                            latest.pop(record.key.decode(), None)
-                        continue
-                    try:
-                        line = CreditLine.model_validate_json(record.value)
-                    except ValueError:
-                        bad += 1
-                        continue
-                    latest[line.enterprise_id] = (line.amount_yuan, line.rate)
-    finally:
-        await consumer.stop()
-    return latest, n, bad
+    bad = 0
+    for key, value, _ in records:
+        if not value:  # a tombstone: the line was deleted
+            if key is not None:
+                latest.pop(key, None)
+            continue
+        try:
+            line = CreditLine.model_validate_json(value)
+        except ValueError:
+            bad += 1
+            continue
+        latest[line.enterprise_id] = (line.amount_yuan, line.rate)
+    return latest, len(records), bad
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     from streams.backtest.compare import compare_lines
 
     as_of, expected = backtest_lines(args.backtest, args.as_of)
-    actual, n, bad = asyncio.run(read_latest(args.bootstrap, args.topic, args.timeout_s))
+    from streams.cli import load_settings
+
+    kafka = load_settings().kafka
+    if args.bootstrap:
+        kafka = kafka.model_copy(update={"bootstrap": args.bootstrap})
+    actual, n, bad = asyncio.run(read_latest(kafka, args.topic, args.timeout_s))
     diffs = compare_lines(expected, actual, amount_tol_yuan=args.amount_tol, rate_tol=args.rate_tol)
     console = Console(file=sys.stdout)
     lent_e = sum(a for a, _ in expected.values())

@@ -49,12 +49,16 @@ def run(args: argparse.Namespace) -> int:
     from allocator import AllocatorError
     from models.errors import ModelError
     from streams.adapters.kafka import ensure_topics
-    from streams.app import build_context, create_app
+    from streams.app import build_context, check_worker_settings, create_app
     from streams.errors import StreamError
     from streams.settings import Settings
 
     settings = settings_from_args(args)
     assert isinstance(settings, Settings)  # noqa: S101
+    try:
+        check_worker_settings(settings)
+    except StreamError as exc:
+        raise UserError(str(exc)) from None
     if not (settings.bundle_dir / "manifest.json").exists():
         raise UserError(f"no model bundle at {settings.bundle_dir}; train one: riskmon train --out {settings.bundle_dir}")
     import torch

@@ -44,6 +44,7 @@ class Deployment:
     invoices_topic: str | None = None  # share an existing invoices topic (benchmarks)
     replication: int = 1  # 3 (and min_insync_replicas 2) on the three-broker cluster
     min_insync_replicas: int | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # more RISKMON_ settings for the workers
 
     def topics(self) -> TopicSettings:
         topics = TopicSettings(partitions=self.partitions, replication=self.replication,
@@ -76,6 +77,7 @@ class Deployment:
         })
         if self.min_insync_replicas is not None:
             env["RISKMON_TOPICS__MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
+        env.update(self.extra_env)
         return env
 
 
@@ -177,3 +179,22 @@ def read(deployment: Deployment, topic: str) -> list[tuple[str | None, bytes, in
     from streams.adapters.kafka import read_topic
 
     return asyncio.run(read_topic(deployment.settings().kafka, topic, timeout_s=20))
+
+
+def services(*args: str, timeout_s: float = 240.0) -> None:
+    """Run ``scripts/services ARGS`` against the services the tests use (ports from the environment).
+
+    ``RISKMON_KAFKA_PORT`` / ``RISKMON_REDIS_PORT`` default to the ports of ``RISKMON_KAFKA__BOOTSTRAP``
+    and ``RISKMON_REDIS__URL``, so the script stops and starts the very services under test.
+    """
+    from urllib.parse import urlparse
+
+    env = dict(os.environ)
+    bootstrap = env.get("RISKMON_KAFKA__BOOTSTRAP", "127.0.0.1:9092").split(",")[0]
+    env.setdefault("RISKMON_KAFKA_PORT", bootstrap.rpartition(":")[2])
+    env.setdefault("RISKMON_REDIS_PORT", str(urlparse(env.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0")).port
+                                            or 6379))
+    result = subprocess.run([str(ROOT / "scripts" / "services"), *args], cwd=ROOT, env=env, capture_output=True,  # noqa: S603
+                            text=True, timeout=timeout_s)
+    if result.returncode != 0:
+        raise AssertionError(f"scripts/services {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")

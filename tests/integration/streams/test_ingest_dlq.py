@@ -15,7 +15,7 @@ from streams.adapters.allocation import make_allocate
 from streams.adapters.kafka import group_lag, make_producer, read_topic
 from streams.adapters.memory import InMemoryRegistry
 from streams.adapters.redis_store import RedisCreditLineStore, RedisFeatureStore, RedisScoreStore
-from streams.app import AllocatorStep, IngestLoop, WorkerContext
+from streams.app import IngestLoop, WorkerContext
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
 from streams.features.fold import fold_all
@@ -75,7 +75,8 @@ async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
                 break
             await asyncio.sleep(0.1)
         assert loop.processed == total
-        summary = await AllocatorStep(ctx).run(loop.producer)  # type: ignore[arg-type]
+        assert loop.core is not None
+        summary = await loop.core.allocate()
     finally:
         await loop.stop()
         await runner

@@ -104,7 +104,8 @@ def test_diff_explains_changes() -> None:
     after = allocate(make_problem(after_apps, 3_000_000, CURVES))
     changes = diff(before, after)
     assert "E1" not in changes  # unchanged
-    assert changes["E2"] == ("line_closed", "default_probability_up", "rating_changed")
+    assert changes["E2"][:2] == ("amount_decreased", "rate_decreased")  # declined now
+    assert changes["E2"][-2:] == ("rating_changed:B->C", "default_probability_increased")
     assert changes["E3"] == ("line_closed",)  # no longer scored
-    assert changes["E4"] == ("new_line",)
-    assert diff(None, before) == {"E1": ("new_line",), "E2": ("new_line",), "E3": ("new_line",)}
+    assert changes["E4"] == ("new",)
+    assert diff(None, before) == {"E1": ("new",), "E2": ("new",), "E3": ("new",)}

@@ -1,0 +1,226 @@
+"""The worker core driven with in-memory fakes: no Kafka, no Redis, no faust.
+
+What it must do (issue 9.4, 11.2): publish through the publisher ports, wait (degraded) while a
+service is down and resume by itself, never return a batch as done before its outputs are
+acknowledged, and split a batch that fails for one message until that message is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from streams.adapters.memory import (InMemoryCreditLineStore, InMemoryFeatureStore, InMemoryScoreStore,
+                                     ListPublisher)
+from streams.app import Outputs, SettingsConflict, Stopped, WorkerContext, WorkerCore, check_worker_settings
+from streams.errors import PublishFailed, StoreUnavailable
+from streams.events import AllocationSummary, DeadLetter, InvoiceEvent
+from streams.features.fold import fold_all
+from streams.pipeline import REASON_PROCESSING_FAILED, AllocationPolicy, decide_allocation
+from streams.ports import DeltaItem
+from streams.settings import KafkaSettings, Settings, TopicSettings
+from tests.unit.streams.test_pipeline import NOW, GreedyAllocate, RuleScorer, _ev, _registry
+
+
+@dataclass(frozen=True)
+class Rec:
+    """A consumed record, as the core reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = 0
+
+
+def _records(events: Sequence[InvoiceEvent | bytes], partition: int = 0) -> list[Rec]:
+    out = []
+    for i, e in enumerate(events):
+        value = e if isinstance(e, bytes) else e.model_dump_json().encode()
+        key = b"E1" if isinstance(e, bytes) else e.enterprise_id.encode()
+        out.append(Rec("invoices", partition, i, key, value))
+    return out
+
+
+class FlakyStore(InMemoryFeatureStore):
+    """Redis that is down for the first ``down`` writes, and chokes on one enterprise for ever."""
+
+    def __init__(self, down: int = 0, poison: str | None = None) -> None:
+        super().__init__()
+        self.down, self.poison, self.calls, self.invalidated = down, poison, 0, 0
+
+    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise StoreUnavailable("Redis unavailable at redis://127.0.0.1:1/0: Connection refused")
+        if self.poison is not None and any(i.enterprise_id == self.poison for i in items):
+            raise RuntimeError(f"cannot fold {self.poison}")
+        return super().apply_many(items)
+
+    def invalidate(self, enterprise_ids: object = None) -> None:
+        self.invalidated += 1
+
+
+class FlakyPublisher(ListPublisher[object]):
+    """A topic whose broker refuses the first ``down`` sends (retriable unless told otherwise)."""
+
+    def __init__(self, down: int = 0, retriable: bool = True) -> None:
+        super().__init__()
+        self.down, self.retriable, self.calls = down, retriable, 0
+
+    async def publish_many(self, items: Sequence[tuple[str, object]]) -> None:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise PublishFailed("publishing to t failed: NodeNotReadyError", retriable=self.retriable)
+        await super().publish_many(items)
+
+
+def _core(features: InMemoryFeatureStore | None = None, **publishers: ListPublisher[object]) -> WorkerCore:
+    settings = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id="core-app",
+                        kafka=KafkaSettings(group_id="core-workers"))
+    ctx = WorkerContext(settings=settings, features=features or InMemoryFeatureStore(), scores=InMemoryScoreStore(),
+                        lines=InMemoryCreditLineStore(), registry=_registry(), scorer=RuleScorer(),
+                        allocate=GreedyAllocate(), clock=lambda: NOW)
+    outputs = {name: publishers.get(name, ListPublisher()) for name in
+               ("dead_letters", "scores", "credit_lines", "allocations")}
+    return WorkerCore(ctx, Outputs(**outputs), backoff_max_s=0.4)  # type: ignore[arg-type]
+
+
+EVENTS = [_ev(e, n, dt.date(2019, 1 + n, 3)) for e in ("E1", "E2", "E3") for n in range(1, 6)]
+
+
+async def test_a_batch_is_applied_scored_and_published_through_the_ports() -> None:
+    dlq, scores = ListPublisher[object](), ListPublisher[object]()
+    core = _core(dead_letters=dlq, scores=scores)
+    out = await core.handle(_records([*EVENTS[:7], b"{not json", *EVENTS[7:]]))
+    assert out.applied.applied == len(EVENTS) and core.processed == len(EVENTS) + 1
+    assert [d.reason for d in dlq.values()] == ["json_invalid"]  # type: ignore[attr-defined]
+    assert set(scores.latest()) == {"E1", "E2", "E3"}
+    assert core.status == "ok" and core.degraded == {}
+
+
+async def test_store_down_waits_degraded_then_resumes_with_exact_features() -> None:
+    store = FlakyStore(down=3)
+    core = _core(store)
+    task = asyncio.create_task(core.handle(_records(EVENTS)))
+    while store.calls < 2:
+        await asyncio.sleep(0.02)
+    assert core.status == "degraded" and "Redis unavailable" in core.degraded["store"]
+    assert b'riskmon_degraded{component="store"} 1.0' in core.ctx.metrics.exposition()
+    out = await asyncio.wait_for(task, 10)
+    assert out.applied.applied == len(EVENTS) and core.status == "ok"
+    assert store.invalidated == 3  # every failed write drops what the process had cached
+    assert b'riskmon_degraded{component="store"} 0.0' in core.ctx.metrics.exposition()
+    assert int(core.ctx.metrics.store_retries._value.get()) == 3  # noqa: SLF001
+    expected = fold_all(EVENTS)
+    for eid, state in expected.items():
+        assert store.load(eid).counters == state.counters
+
+
+async def test_broker_down_the_batch_is_not_done_until_its_scores_are_acknowledged() -> None:
+    scores = FlakyPublisher(down=3)
+    core = _core(scores=scores)
+    task = asyncio.create_task(core.handle(_records(EVENTS)))
+    while scores.calls < 2:
+        await asyncio.sleep(0.02)
+    assert not task.done() and core.status == "degraded" and "NodeNotReadyError" in core.degraded["kafka"]
+    assert scores.items == []
+    await asyncio.wait_for(task, 10)
+    assert set(scores.latest()) == {"E1", "E2", "E3"} and core.status == "ok"
+
+
+async def test_stopping_while_a_service_is_down_leaves_the_batch_unfinished() -> None:
+    core = _core(FlakyStore(down=10**6))
+    task = asyncio.create_task(core.handle(_records(EVENTS)))
+    await asyncio.sleep(0.3)
+    core.stop()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(task, 5)
+    assert core.processed == 0
+
+
+async def test_a_poison_message_is_found_by_splitting_and_dead_lettered_the_rest_applied() -> None:
+    store, dlq = FlakyStore(poison="E9"), ListPublisher[object]()
+    core = _core(store, dead_letters=dlq)
+    poison = _ev("E9", 1, dt.date(2019, 4, 1))
+    batch = [*EVENTS[:9], poison, *EVENTS[9:]]
+    out = await core.handle(_records(batch))
+    dead: list[DeadLetter] = dlq.values()  # type: ignore[assignment]
+    assert [(d.reason, d.source_offset) for d in dead] == [(REASON_PROCESSING_FAILED, 9)]
+    assert "cannot fold E9" in dead[0].error
+    assert out.applied.applied == len(EVENTS) and "E9" not in store.enterprise_ids()
+    for eid, state in fold_all(EVENTS).items():
+        assert store.load(eid).counters == state.counters
+    assert core.status == "ok"
+
+
+async def test_a_dead_letter_the_broker_refuses_is_kept_without_its_bytes() -> None:
+    dlq = FlakyPublisher(down=1, retriable=False)
+    core = _core(dead_letters=dlq)
+    await core.handle(_records([b"x" * 1000]))
+    (dead,) = dlq.values()
+    assert isinstance(dead, DeadLetter) and dead.raw_base64 == "" and "not kept" in dead.error
+    assert dead.reason == "json_invalid" and dead.source_offset == 0
+
+
+async def test_the_allocator_step_publishes_changes_once_and_again_when_forced() -> None:
+    lines, summaries = ListPublisher[object](), ListPublisher[object]()
+    core = _core(credit_lines=lines, allocations=summaries)
+    await core.handle(_records(EVENTS))
+    first = await core.allocate()
+    assert isinstance(first, AllocationSummary) and first.n_changed == 3
+    assert {k for k, _ in lines.items} == {"E1", "E2", "E3"}
+    assert set(core.ctx.lines.all()) == {"E1", "E2", "E3"}  # saved once published
+    assert await core.allocate() is None  # same scores: nothing to decide
+    forced = await core.allocate(force=True)
+    assert forced is not None and forced.n_changed == 0 and len(summaries.items) == 2
+
+
+def test_decide_allocation_rescores_stale_scores_from_the_store_of_record() -> None:
+    store = FlakyStore()
+    registry, scorer = _registry(), RuleScorer()
+    from streams.pipeline import apply_events, rescore
+
+    apply_events(store, [_ev("E1", 1, dt.date(2019, 3, 1)), _ev("E2", 2, dt.date(2019, 6, 1))])
+    scores = {s.enterprise_id: s for s in rescore(["E1"], store, registry, scorer, as_of=dt.date(2019, 3, 1), now=NOW)}
+    scores |= {s.enterprise_id: s for s in rescore(["E2"], store, registry, scorer, as_of=dt.date(2019, 6, 1), now=NOW)}
+    step = decide_allocation(scores, {}, GreedyAllocate(), registry, AllocationPolicy(150_000), now=NOW,
+                             bundle_version="double-1", as_of=dt.date(2019, 6, 1), features=store, scorer=scorer)
+    assert step is not None and [s.enterprise_id for s in step.refreshed] == ["E1"]
+    assert step.refreshed[0].as_of == dt.date(2019, 6, 1) and store.invalidated == 1
+    assert all(line.as_of == dt.date(2019, 6, 1) for line in step.outcome.changed)
+    again = decide_allocation({**scores, "E1": step.refreshed[0]}, step.outcome.lines, GreedyAllocate(), registry,
+                              AllocationPolicy(150_000), now=NOW, bundle_version="double-1",
+                              last_fingerprint=step.fingerprint)
+    assert again is None
+    assert decide_allocation(scores, {}, GreedyAllocate(), registry, AllocationPolicy(150_000, min_scores=3),
+                             now=NOW, bundle_version="double-1") is None
+
+
+def test_settings_whose_consumer_groups_collide_are_refused_in_one_line() -> None:
+    same = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id="riskmon", kafka=KafkaSettings(group_id="riskmon"))
+    with pytest.raises(SettingsConflict) as info:
+        check_worker_settings(same)
+    assert "\n" not in str(info.value)
+    assert "RISKMON_APP_ID" in str(info.value) and "RISKMON_KAFKA__GROUP_ID" in str(info.value)
+    topics = TopicSettings(scores="credit-lines")
+    with pytest.raises(SettingsConflict, match="RISKMON_TOPICS__SCORES and RISKMON_TOPICS__CREDIT_LINES"):
+        check_worker_settings(Settings(_env_prefix="RISKMON_TEST_UNUSED_", topics=topics))
+    check_worker_settings(Settings(_env_prefix="RISKMON_TEST_UNUSED_"))  # the defaults are fine
+
+
+def test_the_worker_command_reports_colliding_groups_before_connecting(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("RISKMON_APP_ID", "same")
+    monkeypatch.setenv("RISKMON_KAFKA__GROUP_ID", "same")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "RISKMON_APP_ID and RISKMON_KAFKA__GROUP_ID are both 'same'" in err
+
