@@ -3,25 +3,37 @@
 Layout::
 
     manifest.json            format, version, schema + schema_hash, data hash, preprocessor,
-                             selected features, net configs, CNN standardisation, segments,
-                             metrics summary, sha256 of each weights file, torch/python versions
-    default_net_invoice.pt   state_dict of the invoice-only default net
-    default_net_rated.pt     state_dict of the rating-aware default net
-    rating_cnn.pt            state_dict of the rating CNN
+                             segments, cross-fitting (fold membership: ids per fold + sha256),
+                             one entry per member (selected features, net configs, CNN
+                             standardisation, calibration maps), metrics summary, sha256 of each
+                             weights file, torch/python versions
+    member{k}_net_invoice.pt state_dict of member k's invoice-only default net
+    member{k}_net_rated.pt   state_dict of member k's rating-aware default net
+    member{k}_rating_cnn.pt  state_dict of member k's rating CNN
 
 Nothing is pickled: weights are loaded with ``torch.load(weights_only=True)``, everything
 else is JSON. Baseline sklearn models are never stored (they exist for the report only).
 
-Scoring path (:meth:`ModelBundle.score_many`):
+Cross-fitting (:mod:`models.crossfit`): member ``k`` was fitted on every labeled training
+enterprise outside fold ``k``. A labeled enterprise is scored by the one member that did not
+see its label; every other enterprise by the mean of all members' probabilities.
 
-1. numeric features -> cleaning (training medians, MAD clip, min-max) -> selected columns;
-2. rating: the known rating if given, else the CNN's argmax;
-3. default probability: the *rating-aware* net, fed the selected features plus the rating
-   vector: one-hot of the known rating, or the CNN's A..D probabilities (a soft one-hot)
-   when the rating is predicted, then Platt-calibrated (``models.calibration``; fitted on
-   5-fold out-of-fold predictions at training time, stored in the manifest). The invoice-only net's probability is available from
-   :meth:`ModelBundle.default_probability_invoice_only`;
-4. segment: nearest k-prototype over (selected cleaned features; rating, industry, legal form).
+Scoring path (:meth:`ModelBundle.score_many`), per member:
+
+1. numeric features -> cleaning (training medians, MAD clip, min-max; shared, label-free)
+   -> the member's selected columns;
+2. rating: the known rating if given, else the argmax of the members' mean CNN probabilities;
+3. default probability: the member's rating-aware net, fed the selected features plus the
+   rating vector (one-hot of the known rating, or the member CNN's A..D probabilities),
+   stacked with the per-rating default rate (:class:`models.crossfit.RatingStack`, fitted on
+   the member's inner out-of-fold predictions); the invoice-only probability is the member's
+   invoice net, Platt-scaled on the same inner predictions;
+4. challenger (in shadow): the member's per-rating default rate (expected over the CNN's
+   probabilities when the rating is predicted), the strongest baseline on log loss;
+5. reasons: integrated gradients of the served probability against the median enterprise
+   (:mod:`models.reasons`), the top factors that raised it, in words with the raw values;
+6. segment: nearest k-prototype over (globally selected cleaned features; rating, industry,
+   legal form).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import torch
 
 from models.calibration import Platt
 from models.cleaning import Preprocessor
+from models.crossfit import DefaultMember, RatingStack, folds_hash, member_weights
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.errors import BundleError
 from models.rating_cnn import RatingCNN, RatingCNNConfig
@@ -46,13 +59,48 @@ from models.schema import NUMERIC_FEATURES, RATINGS, SEQUENCE_CHANNELS, SEQUENCE
 from models.scoring import Score, ScoringBatch
 from models.segments import Segmenter
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 MANIFEST = "manifest.json"
-WEIGHT_FILES = {"net_invoice": "default_net_invoice.pt", "net_rated": "default_net_rated.pt", "cnn": "rating_cnn.pt"}
+MEMBER_FILES = {"net_invoice": "net_invoice.pt", "net_rated": "net_rated.pt", "cnn": "rating_cnn.pt"}
+
+
+def member_file(k: int, key: str) -> str:
+    """File name of member ``k``'s weights for ``key`` (a key of :data:`MEMBER_FILES`)."""
+    return f"member{k}_{MEMBER_FILES[key]}"
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One cross-fitted member: its feature selection, default nets (+ maps) and rating CNN."""
+
+    selected: tuple[str, ...]
+    default: DefaultMember
+    cnn: RatingCNN
+
+    def x(self, cleaned: np.ndarray) -> np.ndarray:
+        """The member's columns of the cleaned numeric features."""
+        return cleaned[:, [NUMERIC_FEATURES.index(c) for c in self.selected]]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberOutputs:
+    """Every member's view of a batch; ``weights`` (n, K) says which members count for which row."""
+
+    weights: np.ndarray  # (n, K)
+    rating_probabilities: np.ndarray  # (K, n, 4)
+    invoice_only: np.ndarray  # (K, n)
+    rated: np.ndarray  # (K, n)
+    ratings: list[str]
+    challenger: np.ndarray  # (K, n): the per-rating default rate of the member's training rows
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        """Weighted mean over members of (K, n, ...) values -> (n, ...)."""
+        w = self.weights.T.reshape(self.weights.shape[1], self.weights.shape[0], *([1] * (values.ndim - 2)))
+        return (w * values).sum(axis=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +109,10 @@ class ModelBundle:
 
     manifest: dict[str, Any]
     preprocessor: Preprocessor
-    selected: tuple[str, ...]
-    net_invoice: DefaultNet
-    net_rated: DefaultNet
-    cnn: RatingCNN
+    selected: tuple[str, ...]  # the global selection (segments)
+    members: tuple[Member, ...]
+    folds: tuple[tuple[str, ...], ...]
     segmenter: Segmenter
-    calibration_invoice: Platt = Platt.identity()
-    calibration_rated: Platt = Platt.identity()
 
     @property
     def version(self) -> str:
@@ -86,70 +131,120 @@ class ModelBundle:
         if len(batch.categorical) != n or len(batch.known_ratings) != n:
             raise BundleError(f"batch has {n} ids but {len(batch.categorical)} categorical rows "
                               f"and {len(batch.known_ratings)} known ratings")
+        for i, known in enumerate(batch.known_ratings):
+            if known is not None and known not in RATINGS:
+                raise BundleError(f"unknown rating {known!r} for {batch.enterprise_ids[i]}")
+
+    def cleaned(self, numeric: np.ndarray) -> np.ndarray:
+        """Cleaned numeric features (n, len(NUMERIC_FEATURES))."""
+        return self.preprocessor.transform(np.asarray(numeric, dtype=np.float64))
 
     def selected_features(self, numeric: np.ndarray) -> np.ndarray:
-        """Cleaned, selected features (n, len(selected)) from raw numeric (n, len(NUMERIC_FEATURES))."""
-        idx = [NUMERIC_FEATURES.index(c) for c in self.selected]
-        return self.preprocessor.transform(np.asarray(numeric, dtype=np.float64))[:, idx]
+        """Cleaned, globally selected features (n, len(selected)) (the segments' inputs)."""
+        return self.cleaned(numeric)[:, [NUMERIC_FEATURES.index(c) for c in self.selected]]
 
-    def rating_probabilities(self, numeric: np.ndarray, sequences: np.ndarray) -> np.ndarray:
-        """The CNN's A..D probabilities, (n, 4)."""
-        return self.cnn.predict_proba(sequences, self.selected_features(numeric))
+    def member_outputs(self, batch: ScoringBatch) -> MemberOutputs:
+        """Every member's CNN probabilities and default probabilities for the batch."""
+        self._check(batch)
+        cleaned = self.cleaned(batch.numeric)
+        seq = np.asarray(batch.sequences, dtype=np.float32)
+        weights = member_weights(batch.enterprise_ids, self.folds)
+        xs = [m.x(cleaned) for m in self.members]
+        probs = np.stack([m.cnn.predict_proba(seq, x) for m, x in zip(self.members, xs, strict=True)])  # (K, n, 4)
+        known = np.array([k is not None for k in batch.known_ratings])
+        known_vec = np.array([np.eye(len(RATINGS))[RATINGS.index(k)] if k is not None else np.zeros(len(RATINGS))
+                              for k in batch.known_ratings]).reshape(len(known), len(RATINGS))
+        inv, rated, rate = [], [], []
+        for m, x, p in zip(self.members, xs, probs, strict=True):
+            rating_vec = np.where(known[:, None], known_vec, p)
+            inv.append(m.default.invoice_only(x))
+            rated.append(m.default.rated(x, rating_vec))
+            rate.append(rating_vec @ np.asarray(m.default.rates))
+        out = MemberOutputs(weights, probs, np.stack(inv), np.stack(rated), [], np.stack(rate))
+        mean_probs = out.mean(probs)
+        ratings = [str(k) if k is not None else RATINGS[int(mean_probs[i].argmax())]
+                   for i, k in enumerate(batch.known_ratings)]
+        return MemberOutputs(weights, probs, out.invoice_only, out.rated, ratings, out.challenger)
 
-    def default_probability_invoice_only(self, numeric: np.ndarray) -> np.ndarray:
-        """Default probability from invoice features alone, (n,)."""
-        return self.calibration_invoice.apply(self.net_invoice.predict_proba(self.selected_features(numeric)))
+    def default_probability_invoice_only(self, batch: ScoringBatch) -> np.ndarray:
+        """Cross-fitted default probability from invoice features alone, (n,)."""
+        if len(batch.enterprise_ids) == 0:
+            return np.zeros(0)
+        out = self.member_outputs(batch)
+        return out.mean(out.invoice_only)
+
+    def attributions(self, batch: ScoringBatch, out: MemberOutputs) -> np.ndarray:
+        """Integrated-gradients attribution of the served default probability to each raw feature,
+        (n, len(NUMERIC_FEATURES)), averaged over members like the probability (:mod:`models.reasons`)."""
+        from models.reasons import integrated_gradients
+
+        cleaned = self.cleaned(batch.numeric)
+        reference = self.cleaned(np.asarray([self.preprocessor.fill]))[0]
+        known = np.array([k is not None for k in batch.known_ratings])
+        known_vec = np.array([np.eye(len(RATINGS))[RATINGS.index(k)] if k is not None else np.zeros(len(RATINGS))
+                              for k in batch.known_ratings]).reshape(len(known), len(RATINGS))
+        total = np.zeros((len(known), len(NUMERIC_FEATURES)))
+        for k, m in enumerate(self.members):
+            rows = np.flatnonzero(out.weights[:, k] > 0)
+            if len(rows) == 0:
+                continue
+            cols = [NUMERIC_FEATURES.index(c) for c in m.selected]
+            rating_vec = torch.as_tensor(np.where(known[rows, None], known_vec[rows], out.rating_probabilities[k, rows]))
+            attr = integrated_gradients(m.default.rated_torch, cleaned[np.ix_(rows, cols)], reference[cols], rating_vec)
+            total[np.ix_(rows, cols)] += out.weights[rows, k][:, None] * attr
+        return total
 
     def score_many(self, batch: ScoringBatch) -> list[Score]:
         """Score a batch (see the module doc for which path gives each field)."""
+        from models.reasons import top_reasons
+
         self._check(batch)
         n = len(batch.enterprise_ids)
         if n == 0:
             return []
-        x = self.selected_features(batch.numeric)
-        probs = self.cnn.predict_proba(np.asarray(batch.sequences, dtype=np.float32), x)  # (n, 4)
-        rating_vec = probs.copy()
-        ratings: list[str] = []
-        for i, known in enumerate(batch.known_ratings):
-            if known is not None:
-                if known not in RATINGS:
-                    raise BundleError(f"unknown rating {known!r} for {batch.enterprise_ids[i]}")
-                rating_vec[i] = np.eye(len(RATINGS))[RATINGS.index(known)]
-                ratings.append(str(known))
-            else:
-                ratings.append(RATINGS[int(probs[i].argmax())])
-        pd_ = self.calibration_rated.apply(self.net_rated.predict_proba(np.hstack([x, rating_vec])))
-        cats = [(r, c[0], c[1]) for r, c in zip(ratings, batch.categorical, strict=True)]
-        segments = self.segmenter.assign(x, cats)
+        out = self.member_outputs(batch)
+        attr = self.attributions(batch, out)
+        raw = np.asarray(batch.numeric, dtype=np.float64)
+        probs, pd_, p_inv = out.mean(out.rating_probabilities), out.mean(out.rated), out.mean(out.invoice_only)
+        challenger = out.mean(out.challenger)
+        cats = [(r, c[0], c[1]) for r, c in zip(out.ratings, batch.categorical, strict=True)]
+        segments = self.segmenter.assign(self.selected_features(batch.numeric), cats)
         return [
             Score(
                 enterprise_id=str(batch.enterprise_ids[i]),
-                rating=ratings[i],
+                rating=out.ratings[i],
                 rating_known=batch.known_ratings[i] is not None,
                 rating_probabilities={r: float(probs[i, j]) for j, r in enumerate(RATINGS)},
                 default_probability=float(pd_[i]),
                 segment=segments[i],
+                default_probability_invoice_only=float(p_inv[i]),
+                reasons=tuple(top_reasons(attr[i], NUMERIC_FEATURES, raw[i])),
+                challenger_default_probability=float(challenger[i]),
             )
             for i in range(n)
         ]
 
 
-def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence[str], net_invoice: DefaultNet,
-                net_rated: DefaultNet, cnn: RatingCNN, segmenter: Segmenter, data_hash: str,
+def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence[str], members: Sequence[Member],
+                folds: Sequence[Sequence[str]], segmenter: Segmenter, data_hash: str,
                 metrics_summary: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
-                calibration: Mapping[str, Platt] | None = None) -> Path:
+                crossfit: Mapping[str, Any] | None = None) -> Path:
     """Write a bundle directory (created if needed) and return it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    modules = {"net_invoice": net_invoice.module, "net_rated": net_rated.module, "cnn": cnn.module}
     files: dict[str, str] = {}
-    for key, module in modules.items():
-        path = out_dir / WEIGHT_FILES[key]
-        torch.save(module.state_dict(), path)
-        files[WEIGHT_FILES[key]] = _sha256(path)
-    calibration_dict = {key: cal.to_dict() for key, cal in (calibration or {}).items()}
-    # the version names what scores: the weights and, when present, the calibration maps
-    identity: dict[str, Any] = {**files, "calibration": calibration_dict} if calibration_dict else dict(files)
+    entries: list[dict[str, Any]] = []
+    for k, m in enumerate(members):
+        modules = {"net_invoice": m.default.net_invoice.module, "net_rated": m.default.net_rated.module,
+                   "cnn": m.cnn.module}
+        for key, module in modules.items():
+            path = out_dir / member_file(k, key)
+            torch.save(module.state_dict(), path)
+            files[path.name] = _sha256(path)
+        entries.append(_member_entry(m, k, folds[k]))
+    folds_list = [list(f) for f in folds]
+    # the version names what scores: the weights, the maps and the fold membership
+    identity = {"files": files, "maps": [e["maps"] for e in entries], "folds": folds_hash(folds_list)}
     version = f"{BUNDLE_FORMAT}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     manifest: dict[str, Any] = {
         "bundle_format": BUNDLE_FORMAT,
@@ -159,13 +254,12 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
         "schema_hash": schema_hash(),
         "selected_features": list(selected),
         "preprocessor": preprocessor.to_dict(),
-        "net_invoice": {"n_inputs": net_invoice.n_inputs, "config": net_invoice.config.to_dict()},
-        "net_rated": {"n_inputs": net_rated.n_inputs, "config": net_rated.config.to_dict(),
-                      "inputs": list(selected) + [f"rating_{r}" for r in RATINGS]},
-        "cnn": {"n_channels": len(SEQUENCE_CHANNELS), "n_static": cnn.n_static, "seq_mean": list(cnn.seq_mean),
-                "seq_std": list(cnn.seq_std), "config": cnn.config.to_dict()},
+        "crossfit": {**dict(crossfit or {}), "k": len(folds_list), "folds": folds_list,
+                     "folds_sha256": folds_hash(folds_list),
+                     "rule": "a labeled enterprise in fold k is scored by member k only (fitted without fold k); "
+                             "every other enterprise by the mean of all members"},
+        "members": entries,
         "segments": segmenter.to_dict(),
-        "calibration": calibration_dict,
         "metrics": dict(metrics_summary),
         "files": files,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
@@ -174,6 +268,21 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
         manifest.update(extra)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return out_dir
+
+
+def _member_entry(m: Member, k: int, fold: Sequence[str]) -> dict[str, Any]:
+    d = m.default
+    return {
+        "fold": k,
+        "n_fold_ids": len(fold),
+        "selected_features": list(m.selected),
+        "net_invoice": {"n_inputs": d.net_invoice.n_inputs, "config": d.net_invoice.config.to_dict()},
+        "net_rated": {"n_inputs": d.net_rated.n_inputs, "config": d.net_rated.config.to_dict(),
+                      "inputs": list(m.selected) + [f"rating_{r}" for r in RATINGS]},
+        "cnn": {"n_channels": len(SEQUENCE_CHANNELS), "n_static": m.cnn.n_static, "seq_mean": list(m.cnn.seq_mean),
+                "seq_std": list(m.cnn.seq_std), "config": m.cnn.config.to_dict()},
+        "maps": d.maps_to_dict(),
+    }
 
 
 def _load_state(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
@@ -221,35 +330,50 @@ def load_bundle(bundle_dir: Path | str) -> ModelBundle:
         selected = tuple(manifest["selected_features"])
         segmenter = Segmenter.from_dict(manifest["segments"])
         files = manifest["files"]
-        net_cfg = manifest["net_invoice"], manifest["net_rated"]
-        cnn_cfg = manifest["cnn"]
+        entries = manifest["members"]
+        folds = tuple(tuple(str(i) for i in f) for f in manifest["crossfit"]["folds"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"malformed manifest: {type(exc).__name__} {exc}", path) from exc
     if pre.columns != NUMERIC_FEATURES or any(c not in NUMERIC_FEATURES for c in selected):
         raise BundleError("preprocessor columns or selected features do not match the schema", path)
-    states = {key: _load_state(bundle_dir / name, files.get(name)) for key, name in WEIGHT_FILES.items()}
+    if len(entries) != len(folds) or not entries:
+        raise BundleError(f"{len(entries)} members for {len(folds)} folds", path)
+    if manifest["crossfit"].get("folds_sha256") != folds_hash([list(f) for f in folds]):
+        raise BundleError("fold membership does not match its sha256", path)
+    members = tuple(_load_member(bundle_dir, path, k, entry, files) for k, entry in enumerate(entries))
+    if segmenter.numeric_columns != selected:
+        raise BundleError("input sizes in the manifest do not match the selected features", path)
+    return ModelBundle(manifest, pre, selected, members, folds, segmenter)
+
+
+def _load_member(bundle_dir: Path, path: Path, k: int, entry: Mapping[str, Any], files: Mapping[str, str]) -> Member:
+    """Member ``k`` from its manifest entry and weights files (every problem is a :class:`BundleError`)."""
     try:
-        net_invoice = DefaultNet.from_state_dict(states["net_invoice"], int(net_cfg[0]["n_inputs"]),
-                                                 DefaultNetConfig.from_dict(net_cfg[0]["config"]))
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise BundleError(f"wrong shapes: {str(exc).splitlines()[0]}", bundle_dir / WEIGHT_FILES["net_invoice"]) from exc
-    try:
-        net_rated = DefaultNet.from_state_dict(states["net_rated"], int(net_cfg[1]["n_inputs"]),
-                                               DefaultNetConfig.from_dict(net_cfg[1]["config"]))
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise BundleError(f"wrong shapes: {str(exc).splitlines()[0]}", bundle_dir / WEIGHT_FILES["net_rated"]) from exc
+        selected = tuple(entry["selected_features"])
+        net_cfg = entry["net_invoice"], entry["net_rated"]
+        cnn_cfg = entry["cnn"]
+        maps = entry["maps"]
+        platt, stack = Platt.from_dict(maps["platt_invoice"]), RatingStack.from_dict(maps["stack_rated"])
+        rates = tuple(float(r) for r in maps["rates"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"malformed member {k}: {type(exc).__name__} {exc}", path) from exc
+    if any(c not in NUMERIC_FEATURES for c in selected) or len(rates) != len(RATINGS):
+        raise BundleError(f"member {k}: selected features or rates do not match the schema", path)
+    states = {key: _load_state(bundle_dir / member_file(k, key), files.get(member_file(k, key)))
+              for key in MEMBER_FILES}
+    nets = []
+    for key, cfg in zip(("net_invoice", "net_rated"), net_cfg, strict=True):
+        try:
+            nets.append(DefaultNet.from_state_dict(states[key], int(cfg["n_inputs"]), DefaultNetConfig.from_dict(cfg["config"])))
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise BundleError(f"wrong shapes: {str(exc).splitlines()[0]}", bundle_dir / member_file(k, key)) from exc
     try:
         cnn = RatingCNN.from_state_dict(states["cnn"], int(cnn_cfg["n_channels"]), int(cnn_cfg["n_static"]),
                                         tuple(cnn_cfg["seq_mean"]), tuple(cnn_cfg["seq_std"]),
                                         RatingCNNConfig.from_dict(cnn_cfg["config"]))
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise BundleError(f"wrong shapes: {str(exc).splitlines()[0]}", bundle_dir / WEIGHT_FILES["cnn"]) from exc
-    if net_invoice.n_inputs != len(selected) or net_rated.n_inputs != len(selected) + len(RATINGS) \
-            or cnn.n_static != len(selected) or segmenter.numeric_columns != selected:
-        raise BundleError("input sizes in the manifest do not match the selected features", path)
-    try:
-        calibration = manifest.get("calibration") or {}
-        cal_invoice, cal_rated = Platt.from_dict(calibration.get("net_invoice")), Platt.from_dict(calibration.get("net_rated"))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BundleError(f"malformed calibration: {type(exc).__name__} {exc}", path) from exc
-    return ModelBundle(manifest, pre, selected, net_invoice, net_rated, cnn, segmenter, cal_invoice, cal_rated)
+        raise BundleError(f"wrong shapes: {str(exc).splitlines()[0]}", bundle_dir / member_file(k, "cnn")) from exc
+    if nets[0].n_inputs != len(selected) or nets[1].n_inputs != len(selected) + len(RATINGS) \
+            or cnn.n_static != len(selected):
+        raise BundleError(f"member {k}: input sizes in the manifest do not match the selected features", path)
+    return Member(selected, DefaultMember(nets[0], nets[1], platt, stack, rates), cnn)

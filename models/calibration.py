@@ -1,10 +1,14 @@
-"""Probability calibration: Platt scaling fitted on out-of-fold predictions.
+"""Probability calibration maps, fitted on held-out (out-of-fold) predictions only.
 
-A network fitted on all 123 labeled enterprises separates them perfectly (training AUC 1.0),
-so its raw outputs sit at 0 or 1 and are not default probabilities a bank can price with.
-:func:`out_of_fold` predicts every training row with a net that did not see it, and
-:class:`Platt` maps the net's log-odds ``z`` to ``sigmoid(a * z + b)`` fitted on those
-honest predictions. The map is monotone, so rankings (and AUC) are unchanged.
+A network fitted on its training rows separates them almost perfectly, so its outputs on those
+rows are not default probabilities a bank can price with. :mod:`models.crossfit` predicts
+every training row of a member with a net that did not see it, and fits on those honest
+predictions:
+
+- :class:`Platt`: ``sigmoid(a * logit(p) + b)``, monotone (rankings and AUC unchanged);
+- :class:`RatingStack`: ``sigmoid(w_net * logit(p_net) + w_rate * logit(rate) + b)``, a
+  logistic stack of the net and the per-rating default rate that shrinks the net toward
+  the rate wherever the net adds nothing.
 
 Examples
 --------
@@ -17,23 +21,25 @@ True
 True
 >>> Platt.identity().apply(np.array([0.25]))
 array([0.25])
+>>> RatingStack(0.0, 1.0, 0.0).apply(np.array([0.9]), np.array([0.2])).round(6).tolist()
+[0.2]
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 #: Raw probabilities are clipped to [EPS, 1 - EPS] before taking log-odds.
 EPS = 1e-6
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
     return np.log(q / (1 - q))
 
@@ -56,14 +62,14 @@ class Platt:
         y = np.asarray(y, dtype=np.int64)
         if len(np.unique(y)) < 2:
             return cls.identity()
-        z = _logit(p_oof).reshape(-1, 1)
+        z = logit(p_oof).reshape(-1, 1)
         lr = LogisticRegression(C=1.0).fit(z, y)
         return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
     def apply(self, p: np.ndarray) -> np.ndarray:
         if self.method == "identity":
             return np.asarray(p, dtype=np.float64)
-        return 1.0 / (1.0 + np.exp(-(self.a * _logit(p) + self.b)))
+        return 1.0 / (1.0 + np.exp(-(self.a * logit(p) + self.b)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "a": self.a, "b": self.b}
@@ -76,15 +82,37 @@ class Platt:
         return cls(float(data["a"]), float(data["b"]), str(data.get("method", "platt")))
 
 
-def out_of_fold(fit_predict: Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray], x: np.ndarray,
-                y: np.ndarray, seed: int, n_splits: int = 5) -> np.ndarray:
-    """Each row predicted by a model fitted without it: ``fit_predict(x_train, y_train, x_test, fold_seed)``."""
-    y = np.asarray(y)
-    n_splits = int(min(n_splits, np.bincount(y.astype(np.int64)).min()))
-    oof = np.full(len(y), np.nan)
-    if n_splits < 2:
-        return oof
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (train, test) in enumerate(folds.split(x, y)):
-        oof[test] = fit_predict(x[train], y[train], x[test], seed + 7919 * (k + 1))
-    return oof
+@dataclass(frozen=True, slots=True)
+class RatingStack:
+    """``p = sigmoid(w_net · logit(p_net) + w_rate · logit(rate) + b)``."""
+
+    w_net: float
+    w_rate: float
+    b: float
+
+    @classmethod
+    def fit(cls, p_net: np.ndarray, rate: np.ndarray, y: np.ndarray, c: float = 1.0) -> RatingStack:
+        """L2-regularised logistic regression on held-out net probabilities and the rating's rate."""
+        y = np.asarray(y, dtype=np.int64)
+        if len(np.unique(y)) < 2:
+            return cls(0.0, 1.0, 0.0)
+        z = np.column_stack([logit(p_net), logit(rate)])
+        lr = LogisticRegression(C=c).fit(z, y)
+        return cls(float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), float(lr.intercept_[0]))
+
+    def apply(self, p_net: np.ndarray, rate: np.ndarray) -> np.ndarray:
+        z = self.w_net * logit(p_net) + self.w_rate * logit(rate) + self.b
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def apply_torch(self, p_net: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` on torch tensors (differentiable in ``p_net``, for attributions)."""
+        q = p_net.clamp(EPS, 1 - EPS)
+        r = rate.clamp(EPS, 1 - EPS)
+        return torch.sigmoid(self.w_net * torch.log(q / (1 - q)) + self.w_rate * torch.log(r / (1 - r)) + self.b)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"w_net": self.w_net, "w_rate": self.w_rate, "b": self.b}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RatingStack:
+        return cls(float(data["w_net"]), float(data["w_rate"]), float(data["b"]))

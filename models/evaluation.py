@@ -29,12 +29,13 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from models.baselines import make_baselines
 from models.cleaning import Preprocessor
+from models.crossfit import fit_default_member, one_hot_ratings, rating_rates
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.rating_cnn import RatingCNN, RatingCNNConfig, rating_metrics
 from models.schema import RATINGS
 from models.selection import Selection, select_features
 
-DEFAULT_MODELS: tuple[str, ...] = ("bp_net", "naive_bayes", "logistic_regression", "decision_tree",
+DEFAULT_MODELS: tuple[str, ...] = ("served", "rating_rate", "base_rate", "bp_net", "naive_bayes", "logistic_regression", "decision_tree",
                                    "random_forest", "bagging", "lightgbm")
 RATING_MODELS: tuple[str, ...] = ("rating_cnn", "naive_bayes", "logistic_regression", "decision_tree",
                                   "random_forest", "bagging", "lightgbm", "majority")
@@ -61,6 +62,10 @@ class EvalConfig:
     default_models: tuple[str, ...] = DEFAULT_MODELS
     rating_models: tuple[str, ...] = RATING_MODELS
     n_jobs: int = 1  # folds evaluated in this many worker processes (each fold is seeded on its own)
+    # the bundle's members: small regularised nets (docs/models_tuning.md D1, mini-batches of 32 to keep
+    # 5 members x (2 + 2 x 3 inner) fits cheap) whose maps are fitted on inner out-of-fold predictions
+    served_net: DefaultNetConfig = field(default_factory=lambda: DefaultNetConfig(batch_size=32))
+    inner_splits: int = 3
 
 
 def _init_worker() -> None:
@@ -91,27 +96,39 @@ def map_folds(fn: Callable[..., Any], jobs: Sequence[tuple[Any, ...]], n_jobs: i
         return out
 
 
-def one_hot_ratings(rating_index: np.ndarray) -> np.ndarray:
-    """(n,) indices 0..3 -> (n, 4) one-hot float64.
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: the row-weighted mean |observed rate - mean probability| over ``n_bins`` equal-width bins.
 
     Examples
     --------
-    >>> one_hot_ratings(np.array([0, 3])).tolist()
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    >>> expected_calibration_error(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5]))
+    0.0
+    >>> round(expected_calibration_error(np.array([0, 0]), np.array([0.9, 0.9])), 2)
+    0.9
     """
-    return np.eye(len(RATINGS))[np.asarray(rating_index, dtype=np.int64)]
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    return float(sum(abs(y[bins == b].mean() - p[bins == b].mean()) * np.sum(bins == b)
+                     for b in np.unique(bins)) / len(y))
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 at ``threshold`` and AUC of probabilities ``p``."""
+    """Accuracy, precision, recall, F1 at ``threshold``; AUC, Brier score, log loss and ECE of ``p``."""
+    from sklearn.metrics import log_loss
+
     pred = (np.asarray(p) >= threshold).astype(int)
     auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "precision": float(precision_score(y, pred, zero_division=0)),
         "recall": float(recall_score(y, pred, zero_division=0)),
         "f1": float(f1_score(y, pred, zero_division=0)),
         "auc": auc,
+        "brier": float(np.mean((q - np.asarray(y)) ** 2)),
+        "log_loss": float(log_loss(y, q, labels=[0, 1])),
+        "ece": expected_calibration_error(y, q),
     }
 
 
@@ -155,12 +172,28 @@ def _default_fold(numeric: np.ndarray, rating_index: np.ndarray, y: np.ndarray, 
     pre, selection = fit_inputs(numeric[train], y[train], columns, seed, config.selection_runs)
     x_tr, x_te = _selected(pre, selection, numeric[train]), _selected(pre, selection, numeric[test])
     out: dict[str, dict[str, np.ndarray]] = {}
+    served = None
+    if "served" in config.default_models:  # exactly the bundle member's procedure (models.crossfit)
+        served = fit_default_member(x_tr, rating_index[train], y[train], seed, config.served_net, config.inner_splits)
+    rates = np.asarray(rating_rates(rating_index[train], y[train]))
     for setting in settings:
         if setting == "with_rating":
             a, b = np.hstack([x_tr, one_hot_ratings(rating_index[train])]), np.hstack([x_te, one_hot_ratings(rating_index[test])])
         else:
             a, b = x_tr, x_te
-        out[setting] = {m: _fit_predict_default(m, a, y[train], b, seed, config.net) for m in config.default_models}
+        preds: dict[str, np.ndarray] = {}
+        for m in config.default_models:
+            if served is not None and m == "served":
+                preds[m] = (served.rated(x_te, one_hot_ratings(rating_index[test])) if setting == "with_rating"
+                            else served.invoice_only(x_te))
+            elif m == "rating_rate":
+                if setting == "with_rating":
+                    preds[m] = rates[rating_index[test]]
+            elif m == "base_rate":
+                preds[m] = np.full(len(test), float(np.mean(y[train])))
+            else:
+                preds[m] = _fit_predict_default(m, a, y[train], b, seed, config.net)
+        out[setting] = preds
     return out
 
 
@@ -171,6 +204,35 @@ class DefaultCVResult:
     summary: dict[str, dict[str, dict[str, dict[str, float]]]]
     folds: dict[str, dict[str, list[dict[str, float]]]]
     oof_probability: dict[str, dict[str, np.ndarray]]
+    oof_all_repeats: dict[str, dict[str, np.ndarray]]  # (n_repeats, n): every repeat's out-of-fold probabilities
+
+
+def calibration_by_rating(y: np.ndarray, rating_index: np.ndarray, p_repeats: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per rating: n, observed default rate and mean out-of-fold probability pooled over repeats.
+
+    Examples
+    --------
+    >>> calibration_by_rating(np.array([0, 1]), np.array([0, 3]), np.array([[0.1, 0.8], [0.2, 0.9]]))["D"]
+    {'n': 1, 'observed': 1.0, 'mean_probability': 0.85}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for k, r in enumerate(RATINGS):
+        rows = np.asarray(rating_index) == k
+        if rows.any():
+            out[r] = {"n": int(rows.sum()), "observed": round(float(np.mean(np.asarray(y)[rows])), 4),
+                      "mean_probability": round(float(np.nanmean(p_repeats[:, rows])), 4)}
+    return out
+
+
+def reliability(y: np.ndarray, p_repeats: np.ndarray, n_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability diagram data from pooled repeats: per non-empty bin, n, mean probability, observed rate."""
+    p = np.asarray(p_repeats, dtype=np.float64).ravel()
+    yy = np.tile(np.asarray(y, dtype=np.float64), p_repeats.shape[0])
+    ok = ~np.isnan(p)
+    p, yy = p[ok], yy[ok]
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    return [{"bin": int(b), "n": int(np.sum(bins == b)), "mean_probability": round(float(p[bins == b].mean()), 4),
+             "observed": round(float(yy[bins == b].mean()), 4)} for b in np.unique(bins)]
 
 
 def default_cv(numeric: np.ndarray, rating_index: np.ndarray, defaulted: np.ndarray, columns: Sequence[str],
@@ -179,8 +241,9 @@ def default_cv(numeric: np.ndarray, rating_index: np.ndarray, defaulted: np.ndar
     """Repeated stratified CV of every default model in each setting (labeled rows only)."""
     y = np.asarray(defaulted, dtype=np.int64)
     splitter = RepeatedStratifiedKFold(n_splits=config.n_splits, n_repeats=config.n_repeats, random_state=seed)
-    folds: dict[str, dict[str, list[dict[str, float]]]] = {s: {m: [] for m in config.default_models} for s in settings}
-    oof = {s: {m: np.full(len(y), np.nan) for m in config.default_models} for s in settings}
+    folds: dict[str, dict[str, list[dict[str, float]]]] = {s: {} for s in settings}
+    oof: dict[str, dict[str, np.ndarray]] = {s: {} for s in settings}
+    pooled: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in settings}
     splits = list(splitter.split(numeric, y))
     jobs = [(numeric, rating_index, y, train, test, columns, seed + k, config, settings)
             for k, (train, test) in enumerate(splits)]
@@ -188,11 +251,16 @@ def default_cv(numeric: np.ndarray, rating_index: np.ndarray, defaulted: np.ndar
     for k, ((_, test), preds) in enumerate(zip(splits, all_preds, strict=True)):
         for s in settings:
             for m, p in preds[s].items():
-                folds[s][m].append(binary_metrics(y[test], p))
+                folds[s].setdefault(m, []).append(binary_metrics(y[test], p))
+                oof[s].setdefault(m, np.full(len(y), np.nan))
                 if k < config.n_splits:
                     oof[s][m][test] = p
+                if k % config.n_splits == 0:
+                    pooled[s].setdefault(m, []).append(np.full(len(y), np.nan))
+                pooled[s][m][-1][test] = p
     summary = {s: {m: summarise(rows) for m, rows in folds[s].items()} for s in settings}
-    return DefaultCVResult(summary, folds, oof)
+    oof_all = {s: {m: np.stack(v) for m, v in pooled[s].items()} for s in settings}
+    return DefaultCVResult(summary, folds, oof, oof_all)
 
 
 def default_split(numeric: np.ndarray, rating_index: np.ndarray, defaulted: np.ndarray, columns: Sequence[str],

@@ -16,7 +16,7 @@ import numpy as np
 from models.evaluation import fmt
 from models.schema import RATINGS
 
-DEFAULT_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+DEFAULT_METRICS = ("auc", "brier", "log_loss", "ece", "accuracy", "precision", "recall", "f1")
 RATING_METRICS = ("accuracy", "macro_f1", "within_one")
 
 
@@ -49,6 +49,14 @@ def cv_tables(metrics: Mapping[str, Any]) -> str:
             out.append(f"### Default, {title}: {cv.get('n_splits')}x{cv.get('n_repeats')} repeated stratified CV, "
                        f"mean ± sd over folds (n = {metrics.get('n_labeled')}, {metrics.get('n_defaulted')} defaulted)\n")
             out.append(markdown_table(["model", *DEFAULT_METRICS], rows) + "\n")
+    if "calibration_by_rating" in metrics:
+        rows = []
+        for m, per in metrics["calibration_by_rating"].items():
+            rows.append([m] + [f"{per[r]['mean_probability']:.3f} / {per[r]['observed']:.3f} (n={per[r]['n']})"
+                               if r in per else "n/a" for r in RATINGS])
+        out.append("### Calibration per rating, with the known rating: mean out-of-fold probability / observed "
+                   "default rate, pooled over all repeats\n")
+        out.append(markdown_table(["model", *RATINGS], rows) + "\n")
     if "default_split_73" in metrics:
         rows = []
         for setting, per_model in metrics["default_split_73"].items():
@@ -80,6 +88,8 @@ def _plots(out_dir: Path, metrics: Mapping[str, Any], plots: Mapping[str, Any]) 
         for ax, (setting, per_model) in zip(axes, plots["default_oof"].items(), strict=False):
             for model, p in per_model.items():
                 ok = ~np.isnan(p)
+                if len(np.unique(p[ok])) < 2:
+                    continue  # a constant (base-rate) model has no ROC curve
                 fpr, tpr, _ = roc_curve(y[ok], p[ok])
                 ax.plot(fpr, tpr, label=model, lw=1.2)
             ax.plot([0, 1], [0, 1], "k:", lw=0.8)
@@ -89,6 +99,28 @@ def _plots(out_dir: Path, metrics: Mapping[str, Any], plots: Mapping[str, Any]) 
         fig.savefig(out_dir / "roc.png", dpi=110)
         plt.close(fig)
         figures.append(("ROC curves of the default models", "roc.png"))
+    if "default_oof_all" in plots:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+        y = plots["y_default"]
+        for ax, (setting, per_model) in zip(axes, plots["default_oof_all"].items(), strict=False):
+            for model in ("served", "rating_rate", "base_rate", "bp_net", "random_forest", "lightgbm"):
+                if model not in per_model:
+                    continue
+                p = per_model[model].ravel()
+                yy = np.tile(y, per_model[model].shape[0])
+                ok = ~np.isnan(p)
+                bins = np.minimum((p[ok] * 10).astype(int), 9)
+                xs = [p[ok][bins == b].mean() for b in np.unique(bins)]
+                ys = [yy[ok][bins == b].mean() for b in np.unique(bins)]
+                ax.plot(xs, ys, "o-", label=model, lw=1.2, ms=3)
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.set(title=f"reliability, {setting} (out-of-fold, all repeats)", xlabel="mean predicted probability",
+                   ylabel="observed default rate")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "reliability.png", dpi=110)
+        plt.close(fig)
+        figures.append(("Reliability diagram of the default models", "reliability.png"))
     if "rating_oof" in plots and "rating_cnn" in plots["rating_oof"]:
         pred = plots["rating_oof"]["rating_cnn"]
         ok = pred >= 0
@@ -142,6 +174,15 @@ def write_report(out_dir: Path, metrics: Mapping[str, Any], plots: Mapping[str, 
              f"({metrics.get('n_labeled')} labeled). Timings (s): {metrics.get('timings_s')}; "
              f"max RSS {metrics.get('max_rss_mb')} MB.\n",
              "## Cross-validated results\n", cv_tables(metrics)]
+    if "invariants" in metrics:
+        inv = metrics["invariants"]
+        parts.append(f"## Invariants of the served default probability ({'ok' if inv['ok'] else 'VIOLATED'})\n\n"
+                     f"Largest share of enterprises with one default probability (4 decimals): {inv['largest_share']:.1%} "
+                     f"(allowed {inv['max_share_allowed']:.0%}). Mean by rating: "
+                     + ", ".join(f"{r} {v:.3f}" for r, v in inv["mean_by_rating"].items()) + ".\n")
+    if "training_rows_out_of_fold" in metrics:
+        parts.append("## Training enterprises, scored out of fold by the bundle\n\n```\n"
+                     + str(metrics["training_rows_out_of_fold"]) + "\n```\n")
     if "holdout" in metrics:
         parts.append("## Holdout\n\n```\n" + str(metrics["holdout"]) + "\n```\n")
     if "unlabeled" in metrics:

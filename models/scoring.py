@@ -44,6 +44,12 @@ class Score:
     rating_probabilities: dict[str, float]  # the CNN's A..D probabilities
     default_probability: float
     segment: str
+    # cross-fitted like default_probability; None from a scorer that does not give it
+    default_probability_invoice_only: float | None = None
+    # the invoice factors that raised default_probability most, in words (models.reasons)
+    reasons: tuple[str, ...] = ()
+    # the best baseline, scored in shadow beside the served probability (champion/challenger)
+    challenger_default_probability: float | None = None
 
 
 class Scorer(Protocol):

@@ -16,27 +16,32 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.bundle import Member, ModelBundle, load_bundle, save_bundle
 from models.cleaning import Preprocessor
-from models.calibration import Platt, out_of_fold
-from models.default_net import DefaultNet, DefaultNetConfig
+from models.crossfit import RATE_PRIOR_STRENGTH, assign_folds, fit_default_member, rating_rates
+from models.default_net import DefaultNetConfig
 from models.evaluation import (
     DEFAULT_MODELS,
     EvalConfig,
     as_jsonable,
+    calibration_by_rating,
     default_cv,
     default_split,
-    one_hot_ratings,
+    map_folds,
     rating_cv,
+    reliability,
     shuffled_control,
 )
 from models.rating_cnn import RatingCNN, RatingCNNConfig, rating_metrics
 from models.schema import NUMERIC_FEATURES, RATINGS
-from models.scoring import ScoringBatch
+from models.scoring import Score, ScoringBatch
 from models.segments import elbow, fit_segments, knee
 from models.selection import select_features
 
 Progress = Callable[[str], None]
+
+#: At most this share of enterprises may share one default probability (to 4 decimals).
+MAX_SHARED_PROBABILITY = 0.05
 
 
 def _noop(_: str) -> None:
@@ -87,6 +92,7 @@ class TrainConfig:
     evaluate: bool = True
     split_73: bool = True
     control: bool = True
+    n_members: int = 5  # cross-fitted members = folds of the labeled training enterprises
 
     @classmethod
     def fast(cls, seed: int = 0) -> TrainConfig:
@@ -95,13 +101,16 @@ class TrainConfig:
             seed=seed,
             eval=EvalConfig(n_splits=2, n_repeats=2, selection_runs=3,
                             net=replace(DefaultNetConfig.paper(), epochs=15),
+                            served_net=replace(DefaultNetConfig(), epochs=15, batch_size=32), inner_splits=2,
                             cnn=replace(RatingCNNConfig.original(), epochs=20),
-                            default_models=("bp_net", "logistic_regression", "random_forest"),
+                            default_models=("served", "rating_rate", "base_rate", "bp_net", "logistic_regression",
+                                            "random_forest"),
                             rating_models=("rating_cnn", "random_forest", "majority")),
             segment_ks=(2, 3, 4, 5, 6),
             segment_n_init=1,
             split_73=False,
             control=False,
+            n_members=3,
         )
 
 
@@ -146,6 +155,11 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
         dcv = default_cv(x_lab, y_rat, y_def, NUMERIC_FEATURES, seed, cfg, progress=progress)
         metrics["default_cv"] = dcv.summary
         plots["default_oof"] = dcv.oof_probability
+        plots["default_oof_all"] = dcv.oof_all_repeats
+        metrics["calibration_by_rating"] = {
+            m: calibration_by_rating(y_def, y_rat, p) for m, p in dcv.oof_all_repeats["with_rating"].items()}
+        metrics["reliability"] = {s: {m: reliability(y_def, p) for m, p in per.items()}
+                                  for s, per in dcv.oof_all_repeats.items()}
         timings["default_cv"] = time.perf_counter() - t
         t = time.perf_counter()
         rcv = rating_cv(x_lab, seq_lab, y_rat, y_def, NUMERIC_FEATURES, seed, cfg, progress=progress)
@@ -165,47 +179,36 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
             metrics["shuffled_control_auc"] = shuffled_control(x_lab, y_def, NUMERIC_FEATURES, seed, control_cfg)
             timings["shuffled_control"] = time.perf_counter() - t
 
-    # --- final models on all non-holdout labeled rows ---------------------------------------
-    progress("fitting final models")
+    # --- cross-fitted members on the non-holdout labeled rows -----------------------------
+    progress("fitting cross-fitted members")
     t = time.perf_counter()
-    # cleaning is fitted on every non-holdout enterprise (unlabeled included: it uses no labels),
-    # selection on the non-holdout labeled rows
+    # cleaning is fitted on every non-holdout enterprise (unlabeled included: it uses no labels);
+    # each member selects its features and fits its nets on the labeled rows outside its fold
     pre = Preprocessor.fit(data.numeric[fit_rows], NUMERIC_FEATURES)
-    selection = select_features(pre.transform(x_lab), y_def, NUMERIC_FEATURES, seed=seed, n_runs=cfg.selection_runs)
+    cleaned_lab = pre.transform(x_lab)
+    folds = assign_folds([ids[i] for i in lab_rows], y_rat, config.n_members, seed)
+    in_fold = [np.array([ids[i] in set(f) for i in lab_rows]) for f in folds]
+    jobs = [(cleaned_lab, seq_lab, y_def, y_rat, np.flatnonzero(~mask), seed + 104729 * (k + 1), cfg)
+            for k, mask in enumerate(in_fold)]
+    members = tuple(map_folds(fit_member, jobs, cfg.n_jobs, progress, "cross-fitted member"))
+    # the global selection only names the segments' inputs
+    selection = select_features(cleaned_lab, y_def, NUMERIC_FEATURES, seed=seed, n_runs=cfg.selection_runs)
     sel_idx = [NUMERIC_FEATURES.index(c) for c in selection.selected]
-    x_sel = pre.transform(x_lab)[:, sel_idx]
-    net_invoice = DefaultNet.fit(x_sel, y_def, cfg.net, seed=seed)
-    x_rated = np.hstack([x_sel, one_hot_ratings(y_rat)])
-    net_rated = DefaultNet.fit(x_rated, y_def, cfg.net, seed=seed)
-
-    # calibration: the final nets separate their training rows perfectly, so their raw outputs are
-    # 0 or 1; Platt scaling fitted on 5-fold out-of-fold predictions of the same configuration
-    # turns them into usable default probabilities (monotone: rankings and AUC unchanged)
-    def fit_predict(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, fold_seed: int) -> np.ndarray:
-        return DefaultNet.fit(x_tr, y_tr, cfg.net, seed=fold_seed).predict_proba(x_te)
-
-    calibration = {}
-    for key, x_cal in (("net_invoice", x_sel), ("net_rated", x_rated)):
-        oof = out_of_fold(fit_predict, x_cal, y_def, seed)
-        calibration[key] = Platt.identity() if np.isnan(oof).any() else Platt.fit(oof, y_def)
-    cnn = RatingCNN.fit(seq_lab, x_sel, y_rat, cfg.cnn, seed=seed)
     timings["final_models"] = time.perf_counter() - t
     metrics["selection"] = {"selected": list(selection.selected), "dropped_collinear": list(selection.dropped_collinear),
-                            "importance": selection.importance}
+                            "importance": selection.importance,
+                            "per_member": [list(m.selected) for m in members]}
+    metrics["crossfit"] = {"k": len(folds), "fold_sizes": [len(f) for f in folds],
+                           "fold_defaults": [int(y_def[m].sum()) for m in in_fold], "inner_splits": cfg.inner_splits,
+                           "stacks": [m.default.maps_to_dict() for m in members]}
 
-    # --- segments over every non-holdout enterprise (known rating, else the CNN's) ------------
+    # --- segments over every non-holdout enterprise (known rating, else the members' CNN) ----
     progress("segments")
     t = time.perf_counter()
     x_all = pre.transform(data.numeric[fit_rows])[:, sel_idx]
-    probs = cnn.predict_proba(data.sequences[fit_rows], x_all)
-    rating_vec = probs.copy()
-    ratings_all: list[str] = []
-    for j, i in enumerate(fit_rows):
-        known = data.ratings[i]
-        if known is not None:
-            rating_vec[j] = np.eye(len(RATINGS))[RATINGS.index(known)]
-        ratings_all.append(known if known is not None else RATINGS[int(probs[j].argmax())])
-    pd_all = calibration["net_rated"].apply(net_rated.predict_proba(np.hstack([x_all, rating_vec])))
+    scorer = ModelBundle({}, pre, selection.selected, members, folds, None)  # type: ignore[arg-type]
+    out = scorer.member_outputs(data.batch(fit_rows, known=True))
+    ratings_all, pd_all = out.ratings, out.mean(out.rated)
     cats = [(r, data.categorical[i][0], data.categorical[i][1]) for r, i in zip(ratings_all, fit_rows, strict=True)]
     costs = elbow(x_all, cats, seed, config.segment_ks, config.segment_n_init)
     k = knee(costs)
@@ -220,7 +223,8 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
         "n": len(unl),
         "predicted_ratings": {r: sum(ratings_all[j] == r for j in unl) for r in RATINGS},
         "mean_default_probability": float(np.mean(pd_all[unl])) if unl else None,
-        "path": "rating = CNN argmax; default probability = rating-aware net fed the CNN's A..D probabilities",
+        "path": "rating = argmax of the members' mean CNN probabilities; default probability = mean over members of "
+                "the rating-aware net fed the member CNN's A..D probabilities, stacked with the expected rating rate",
     }
     plots["segment_costs"] = costs
     plots["segment_profiles"] = profiles
@@ -228,40 +232,112 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
 
     # --- bundle -----------------------------------------------------------------------------
     summary = _summary(metrics)
-    bundle_dir = save_bundle(out_dir, preprocessor=pre, selected=selection.selected, net_invoice=net_invoice,
-                             net_rated=net_rated, cnn=cnn, segmenter=segmenter, data_hash=data.content_hash(),
-                             calibration=calibration,
-                             metrics_summary=summary, extra={"seed": seed, "holdout_ids": sorted(set(holdout) & set(ids))})
+    bundle_dir = save_bundle(out_dir, preprocessor=pre, selected=selection.selected, members=members, folds=folds,
+                             segmenter=segmenter, data_hash=data.content_hash(), metrics_summary=summary,
+                             crossfit={"stratified_by": "rating", "inner_splits": cfg.inner_splits,
+                                       "rate_prior_strength": RATE_PRIOR_STRENGTH},
+                             extra={"seed": seed, "holdout_ids": sorted(set(holdout) & set(ids))})
     bundle = load_bundle(bundle_dir)
 
     # --- holdout ------------------------------------------------------------------------------
     hold_lab = np.flatnonzero(labeled & hold)
+    metrics["invariants"] = probability_invariants(bundle.score_many(data.batch(fit_rows, known=True)))
+    metrics["training_rows_out_of_fold"] = _scored_metrics(bundle, data, lab_rows, y_def, y_rat)
     if len(holdout):
-        metrics["holdout"] = _holdout_metrics(bundle, data, hold_lab)
+        metrics["holdout"] = _holdout_metrics(bundle, data, hold_lab, y_def, y_rat)
     timings["total_models"] = time.perf_counter() - t0
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     return TrainResult(bundle_dir, bundle, as_jsonable(metrics), plots)
 
 
-def _holdout_metrics(bundle: ModelBundle, data: TrainingData, rows: np.ndarray) -> dict[str, Any]:
+def fit_member(cleaned: np.ndarray, sequences: np.ndarray, y_def: np.ndarray, y_rat: np.ndarray, rows: np.ndarray,
+               seed: int, cfg: EvalConfig) -> Member:
+    """One cross-fitted member on ``rows`` of the labeled, cleaned features: selection, default nets
+    with their nested maps (:func:`models.crossfit.fit_default_member`), rating CNN."""
+    selection = select_features(cleaned[rows], y_def[rows], NUMERIC_FEATURES, seed=seed, n_runs=cfg.selection_runs)
+    x = cleaned[rows][:, [NUMERIC_FEATURES.index(c) for c in selection.selected]]
+    default = fit_default_member(x, y_rat[rows], y_def[rows], seed, cfg.served_net, cfg.inner_splits)
+    cnn = RatingCNN.fit(sequences[rows], x, y_rat[rows], cfg.cnn, seed=seed)
+    return Member(tuple(selection.selected), default, cnn)
+
+
+def probability_invariants(scores: Sequence[Score]) -> dict[str, Any]:
+    """What a bank checks before pricing with the probabilities.
+
+    ``largest_share``: the largest fraction of enterprises sharing one default probability
+    (to 4 decimals; must be <= 0.05); ``mean_by_rating``: mean default probability per
+    rating (known, else predicted; must rise A < B < C < D).
+
+    Examples
+    --------
+    >>> from models.scoring import Score
+    >>> s = [Score(str(i), "ABCD"[i % 4], True, {}, 0.1 * (i % 4) + 0.001 * i, "x") for i in range(40)]
+    >>> inv = probability_invariants(s)
+    >>> inv["largest_share"], inv["ok"]
+    (0.025, True)
+    """
+    p = np.array([round(s.default_probability, 4) for s in scores])
+    _, counts = np.unique(p, return_counts=True)
+    largest = float(counts.max() / len(p)) if len(p) else 0.0
+    means = {r: float(np.mean([s.default_probability for s in scores if s.rating == r]))
+             for r in RATINGS if any(s.rating == r for s in scores)}
+    rising = all(means[a] < means[b] for a, b in zip(RATINGS, RATINGS[1:]) if a in means and b in means)
+    return {"n": len(p), "largest_share": round(largest, 4), "max_share_allowed": MAX_SHARED_PROBABILITY,
+            "mean_by_rating": {r: round(v, 4) for r, v in means.items()}, "rising_a_to_d": rising,
+            "ok": bool(largest <= MAX_SHARED_PROBABILITY and rising)}
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6), labels=[0, 1]))
+
+
+def _scored_metrics(bundle: ModelBundle, data: TrainingData, rows: np.ndarray, y_train: np.ndarray,
+                    r_train: np.ndarray) -> dict[str, Any]:
+    """AUC and log loss of the bundle's (cross-fitted) probabilities on labeled ``rows``, beside the
+    per-rating and overall default rates of the training rows."""
     from sklearn.metrics import roc_auc_score
 
     out: dict[str, Any] = {"n": int(len(rows))}
     if len(rows) == 0:
-        return out | {"default_auc": None, "default_auc_with_rating": None, "rating_accuracy": None}
+        return out
     y = data.defaulted[rows].astype(np.int64)
-    batch = data.batch(rows, known=True)
-    scores = bundle.score_many(batch)
-    p_inv = bundle.default_probability_invoice_only(batch.numeric)
+    scores = bundle.score_many(data.batch(rows, known=True))
+    p_inv = np.array([s.default_probability_invoice_only for s in scores], dtype=np.float64)
     p_rated = np.array([s.default_probability for s in scores])
+    rates = np.asarray(rating_rates(r_train, y_train))
+    p_rate = rates[_rating_index(data.ratings, rows)]
+    p_overall = np.full(len(rows), float(np.mean(y_train)))
     two = len(np.unique(y)) == 2
-    pred = np.array([RATINGS.index(max(s.rating_probabilities, key=s.rating_probabilities.__getitem__)) for s in scores])
-    truth = _rating_index(data.ratings, rows)
     return out | {
         "default_auc": float(roc_auc_score(y, p_inv)) if two else None,
         "default_auc_with_rating": float(roc_auc_score(y, p_rated)) if two else None,
+        "log_loss": _log_loss(y, p_rated),
+        "log_loss_per_rating_rate": _log_loss(y, p_rate),
+        "log_loss_invoice_only": _log_loss(y, p_inv),
+        "log_loss_overall_rate": _log_loss(y, p_overall),
+        "brier": float(np.mean((p_rated - y) ** 2)),
+        "brier_per_rating_rate": float(np.mean((p_rate - y) ** 2)),
+    }
+
+
+def _holdout_metrics(bundle: ModelBundle, data: TrainingData, rows: np.ndarray, y_train: np.ndarray,
+                     r_train: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": int(len(rows))}
+    if len(rows) == 0:
+        return out | {"default_auc": None, "default_auc_with_rating": None, "rating_accuracy": None}
+    scores = bundle.score_many(data.batch(rows, known=True))
+    pred = np.array([RATINGS.index(max(s.rating_probabilities, key=s.rating_probabilities.__getitem__)) for s in scores])
+    truth = _rating_index(data.ratings, rows)
+    m = _scored_metrics(bundle, data, rows, y_train, r_train)
+    return out | m | {
         "rating_accuracy": rating_metrics(truth, pred)["accuracy"],
         "rating_within_one": rating_metrics(truth, pred)["within_one"],
+        "done_when": {
+            "served_log_loss_within_0.03_of_rating_rate": m["log_loss"] <= m["log_loss_per_rating_rate"] + 0.03,
+            "invoice_only_log_loss_below_overall_rate": m["log_loss_invoice_only"] < m["log_loss_overall_rate"],
+        },
     }
 
 
@@ -269,7 +345,11 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The small part of the metrics that goes into the manifest."""
     out: dict[str, Any] = {"cv": metrics["cv"]}
     if "default_cv" in metrics:
-        out["default_auc_invoice_only"] = metrics["default_cv"]["invoice_only"]["bp_net"]["auc"]
-        out["default_auc_with_rating"] = metrics["default_cv"]["with_rating"]["bp_net"]["auc"]
+        for key, model in (("", "bp_net"), ("served_", "served")):
+            for setting, name in (("invoice_only", "invoice_only"), ("with_rating", "with_rating")):
+                stats = metrics["default_cv"][setting].get(model)
+                if stats:
+                    out[f"{key}default_auc_{name}"] = stats["auc"]
+                    out[f"{key}default_log_loss_{name}"] = stats["log_loss"]
         out["rating_accuracy"] = metrics["rating_cv"]["rating_cnn"]["accuracy"]
     return as_jsonable(out)

@@ -140,9 +140,15 @@ class InvoiceEvent(_Event):
 
 
 class EnterpriseScore(_Event):
-    """The current risk view of one enterprise (topic ``enterprise-scores``, compacted)."""
+    """The current risk view of one enterprise (topic ``enterprise-scores``, compacted).
 
-    schema_version: Literal[1] = EVENT_SCHEMA_VERSION
+    Version 2 added ``default_probability_invoice_only``, ``challenger_default_probability``
+    (the per-rating default rate, scored in shadow) and ``risk_factors`` (the invoice
+    factors that raised the default probability most, in words with the enterprise's own values;
+    ``models.reasons``); version-1 messages still validate.
+    """
+
+    schema_version: Literal[1, 2] = 2
     enterprise_id: Identifier
     as_of: dt.date
     rating: Literal["A", "B", "C", "D"]
@@ -155,15 +161,20 @@ class EnterpriseScore(_Event):
     n_invoices: int
     bundle_version: str
     scored_at: dt.datetime
+    default_probability_invoice_only: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    risk_factors: list[str] = Field(default_factory=list)
+    challenger_default_probability: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
 
 
 class CreditLine(_Event):
     """The bank's current credit line for one enterprise (topic ``credit-lines``, compacted).
 
-    ``amount_yuan`` is 0 (no line) or between 100 000 and 1 000 000 yuan.
+    ``amount_yuan`` is 0 (no line) or between 100 000 and 1 000 000 yuan. ``reasons`` are the
+    allocator's; ``risk_factors`` (version 2) are the enterprise's own, copied from its score, so
+    a declined or reduced line names the factors behind its default probability.
     """
 
-    schema_version: Literal[1] = EVENT_SCHEMA_VERSION
+    schema_version: Literal[1, 2] = 2
     enterprise_id: Identifier
     allocation_id: str
     as_of: dt.date
@@ -180,6 +191,7 @@ class CreditLine(_Event):
     bundle_version: str
     solver: str
     decided_at: dt.datetime
+    risk_factors: list[str] = Field(default_factory=list)
 
 
 class AllocationSummary(_Event):

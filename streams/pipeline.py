@@ -243,6 +243,11 @@ def build_batch(states: Sequence[EnterpriseState], registry: EnterpriseRegistry,
     return ScoringBatch([s.enterprise_id for s in states], numeric, categorical, seq, known)
 
 
+def _probability_or_none(p: float | None) -> float | None:
+    """A model probability for the wire: clipped to [0, 1]; None when absent or not finite."""
+    return None if p is None or not math.isfinite(p) else min(1.0, max(0.0, float(p)))
+
+
 def to_event(score: Score, n_invoices: int, industry: str, legal_form: str, *, as_of: dt.date,
              bundle_version: str, now: dt.datetime) -> EnterpriseScore:
     """The wire form of a model score."""
@@ -261,6 +266,9 @@ def to_event(score: Score, n_invoices: int, industry: str, legal_form: str, *, a
         n_invoices=n_invoices,
         bundle_version=bundle_version,
         scored_at=now,
+        default_probability_invoice_only=_probability_or_none(score.default_probability_invoice_only),
+        risk_factors=list(score.reasons),
+        challenger_default_probability=_probability_or_none(score.challenger_default_probability),
     )
 
 
@@ -522,6 +530,7 @@ def run_allocation(
             bundle_version=bundle_version,
             solver=decision.solver,
             decided_at=now,
+            risk_factors=list(score.risk_factors),
         )
         if why:
             changed.append(line)

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,7 @@ def get_test_bundle() -> Path:
             data = TrainingData(table.enterprise_ids, table.numeric, table.categorical,  # type: ignore[attr-defined]
                                 table.sequences, table.ratings, table.defaulted)  # type: ignore[attr-defined]
             config = TrainConfig.fast(SEED)
-            config = TrainConfig(config.seed, config.eval, config.segment_ks, config.segment_n_init,
-                                 evaluate=False, split_73=False, control=False)
+            config = replace(config, evaluate=False, split_73=False, control=False)
             tmp = cache / "bundle.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             result = train(data, tmp, config)

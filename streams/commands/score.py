@@ -1,10 +1,14 @@
 """``riskmon score``: score every enterprise of a data set with a trained bundle, as a CSV.
 
 Columns: ``enterprise_id, rating, rating_known, rating_p_A..rating_p_D, default_probability,
-default_probability_invoice_only, segment, industry, legal_form, strength, stability``.
+default_probability_invoice_only, challenger_default_probability, segment, industry, legal_form, strength, stability, risk_factors``
+(``risk_factors``: the invoice factors that raised the default probability most, ``" | "``-separated).
 
 - ``rating``: the known rating, else the CNN's; ``default_probability``: the rating-aware
-  net (see :mod:`models.bundle`); ``default_probability_invoice_only``: the net without rating.
+  net stacked with the rating's default rate (see :mod:`models.bundle`);
+  ``default_probability_invoice_only``: the net without rating; ``challenger_default_probability``:
+  the per-rating default rate, scored in shadow. Both are cross-fitted: a labeled
+  enterprise is scored by the bundle member that did not see its label.
 - ``strength`` (0..1, for the allocator's rule strategy): mean of the percentile ranks,
   among the scored enterprises, of ``log_sales_y0`` and ``profit_y0``.
 - ``stability`` (0..1): 1 - percentile rank of ``sales_cv_24m`` (lower variation of monthly
@@ -63,7 +67,6 @@ def strength_stability(numeric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def score_frame(bundle: object, batch: ScoringBatch) -> pd.DataFrame:
     """Score a batch with a loaded bundle into the CSV's frame (one row per enterprise)."""
     scores = bundle.score_many(batch)  # type: ignore[attr-defined]
-    p_invoice = bundle.default_probability_invoice_only(batch.numeric)  # type: ignore[attr-defined]
     strength, stability = strength_stability(np.asarray(batch.numeric))
     rows = []
     for i, s in enumerate(scores):
@@ -71,12 +74,16 @@ def score_frame(bundle: object, batch: ScoringBatch) -> pd.DataFrame:
         row |= {f"rating_p_{r}": round(s.rating_probabilities[r], 6) for r in RATINGS}
         row |= {
             "default_probability": round(s.default_probability, 6),
-            "default_probability_invoice_only": round(float(p_invoice[i]), 6),
+            "default_probability_invoice_only": (None if s.default_probability_invoice_only is None
+                                                 else round(s.default_probability_invoice_only, 6)),
+            "challenger_default_probability": (None if s.challenger_default_probability is None
+                                               else round(s.challenger_default_probability, 6)),
             "segment": s.segment,
             "industry": batch.categorical[i][0],
             "legal_form": batch.categorical[i][1],
             "strength": round(float(strength[i]), 6),
             "stability": round(float(stability[i]), 6),
+            "risk_factors": " | ".join(s.reasons),
         }
         rows.append(row)
     return pd.DataFrame(rows)

@@ -110,5 +110,10 @@ def run(args: argparse.Namespace) -> int:
         from models.report import write_report
 
         write_report(args.out, metrics, result.plots)
+    inv = metrics["invariants"]
+    console.print(f"invariants ({'ok' if inv['ok'] else 'VIOLATED'}): largest share of enterprises with one default "
+                  f"probability {inv['largest_share']:.1%} (max {inv['max_share_allowed']:.0%}); mean by rating "
+                  + " < ".join(f"{r} {v:.3f}" for r, v in inv["mean_by_rating"].items())
+                  + ("" if inv["rising_a_to_d"] else " (NOT rising)"))
     console.print(f"bundle {result.bundle.version} written to {args.out} in {metrics['timings_s']['total']} s")
     return 0

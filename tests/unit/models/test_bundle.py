@@ -2,27 +2,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle
+from models.bundle import ModelBundle, load_bundle
 from models.errors import BundleError, ModelError
 from models.evaluation import EvalConfig, shuffled_control
 from models.default_net import DefaultNetConfig
 from models.schema import NUMERIC_FEATURES
 from models.scoring import ScoringBatch
-from models.training import TrainConfig, TrainResult, train
+from models.training import TrainConfig, TrainingData, TrainResult, train
 
 from .synthetic import synthetic_data
 
 
 def _config(evaluate: bool = False) -> TrainConfig:
     fast = TrainConfig.fast(seed=3)
-    e = fast.eval
-    small = EvalConfig(2, 1, 2, e.net, e.cnn, ("bp_net", "logistic_regression"), ("rating_cnn", "majority"))
-    return TrainConfig(fast.seed, small, (2, 3, 4), 1, evaluate=evaluate, split_73=False, control=False)
+    small = replace(fast.eval, n_splits=2, n_repeats=1, selection_runs=2,
+                    default_models=("served", "rating_rate", "base_rate", "bp_net", "logistic_regression"),
+                    rating_models=("rating_cnn", "majority"))
+    return replace(fast, eval=small, segment_ks=(2, 3, 4), segment_n_init=1, evaluate=evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +65,23 @@ def test_missing_corrupt_and_mismatched_bundles_fail_clearly(trained: TrainResul
         load_bundle(tmp_path / "nope")
 
     b = _copy(trained, tmp_path / "1")
-    (b / "default_net_rated.pt").unlink()
-    with pytest.raises(BundleError, match=r"default_net_rated\.pt: missing weights file"):
+    (b / "member1_net_rated.pt").unlink()
+    with pytest.raises(BundleError, match=r"member1_net_rated\.pt: missing weights file"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "2")
-    raw = bytearray((b / "rating_cnn.pt").read_bytes())
+    raw = bytearray((b / "member0_rating_cnn.pt").read_bytes())
     raw[len(raw) // 2] ^= 0xFF
-    (b / "rating_cnn.pt").write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match=r"rating_cnn\.pt: corrupt weights: sha256"):
+    (b / "member0_rating_cnn.pt").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"member0_rating_cnn\.pt: corrupt weights: sha256"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "3")  # garbage whose checksum the manifest agrees with: torch.load must fail
-    (b / "default_net_invoice.pt").write_bytes(b"not a torch file")
+    (b / "member2_net_invoice.pt").write_bytes(b"not a torch file")
     manifest = json.loads((b / "manifest.json").read_text())
-    manifest["files"].pop("default_net_invoice.pt")
+    manifest["files"].pop("member2_net_invoice.pt")
     (b / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"default_net_invoice\.pt: corrupt weights"):
+    with pytest.raises(BundleError, match=r"member2_net_invoice\.pt: corrupt weights"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "4")
@@ -91,9 +93,23 @@ def test_missing_corrupt_and_mismatched_bundles_fail_clearly(trained: TrainResul
 
     b = _copy(trained, tmp_path / "5")
     manifest = json.loads((b / "manifest.json").read_text())
-    manifest["net_invoice"]["n_inputs"] += 1
+    manifest["members"][0]["net_invoice"]["n_inputs"] += 1
     (b / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"default_net_invoice\.pt: wrong shapes"):
+    with pytest.raises(BundleError, match=r"member0_net_invoice\.pt: wrong shapes"):
+        load_bundle(b)
+
+    b = _copy(trained, tmp_path / "5b")  # fold membership edited by hand: its sha256 no longer matches
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["crossfit"]["folds"][0].append("E999")
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"fold membership does not match its sha256"):
+        load_bundle(b)
+
+    b = _copy(trained, tmp_path / "5c")  # a bundle of the format before cross-fitting
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["bundle_format"] = 1
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"bundle format 1 is not 2"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "6")
@@ -164,28 +180,123 @@ def test_parallel_folds_give_the_same_cv_results() -> None:
     assert serial.summary == parallel.summary
 
 
-def test_default_probabilities_are_calibrated_and_the_calibration_travels(trained: TrainResult, tmp_path: Path) -> None:
-    from models.calibration import Platt
-
-    manifest = json.loads((trained.bundle_dir / "manifest.json").read_text())
-    assert set(manifest["calibration"]) == {"net_invoice", "net_rated"}
-    loaded = load_bundle(trained.bundle_dir)
-    assert loaded.calibration_rated == Platt.from_dict(manifest["calibration"]["net_rated"])
-    assert loaded.calibration_rated.method == "platt"
+def test_manifest_records_fold_membership_and_each_member(trained: TrainResult) -> None:
     data = synthetic_data()
-    batch = data.batch(np.array([i for i, r in enumerate(data.ratings) if r is not None]), known=True)
-    raw = loaded.net_rated.predict_proba(np.hstack([loaded.selected_features(batch.numeric),
-                                                    np.eye(4)[[("A", "B", "C", "D").index(r) for r in batch.known_ratings]]]))
-    calibrated = np.array([s.default_probability for s in loaded.score_many(batch)])
-    # monotone map of the raw net output, strictly inside (0, 1)
-    order = np.argsort(raw, kind="stable")
-    assert np.all(np.diff(calibrated[order]) >= -1e-12)
-    assert np.all((calibrated > 0.0) & (calibrated < 1.0))
-    # a bundle written before calibration existed loads with the identity map
-    old = _copy(trained, tmp_path)
-    m = json.loads((old / "manifest.json").read_text())
-    del m["calibration"]
-    (old / "manifest.json").write_text(json.dumps(m))
-    plain = load_bundle(old)
-    assert plain.calibration_rated == Platt.identity()
-    assert np.allclose([s.default_probability for s in plain.score_many(batch)], raw, atol=1e-6)
+    manifest = json.loads((trained.bundle_dir / "manifest.json").read_text())
+    folds = manifest["crossfit"]["folds"]
+    labeled = {e for e, r in zip(data.enterprise_ids, data.ratings, strict=True) if r is not None}
+    assert sorted(sum(folds, [])) == sorted(labeled)  # every labeled training enterprise in exactly one fold
+    assert len(manifest["members"]) == len(folds) == 3
+    assert all(set(m["maps"]) == {"platt_invoice", "stack_rated", "rates"} for m in manifest["members"])
+
+
+def _flip(data: TrainingData, eid: str) -> TrainingData:
+    y = data.defaulted.copy()
+    i = data.enterprise_ids.index(eid)
+    y[i] = 1.0 - y[i]
+    return TrainingData(data.enterprise_ids, data.numeric, data.categorical, data.sequences, data.ratings, y)
+
+
+def test_planted_label_flip_moves_only_the_scores_of_members_that_saw_it(trained: TrainResult, tmp_path: Path) -> None:
+    """Flipping one enterprise's default label retrains every member but the one that never saw it:
+    the enterprise's own score and its fold-mates' (scored by that member) stay bit-identical,
+    while enterprises scored by the other members, and the unlabeled (scored by all), move."""
+    data = synthetic_data()
+    folds = trained.bundle.folds
+    target = folds[1][0]
+    flipped = train(_flip(data, target), tmp_path / "flip", _config())
+    assert flipped.bundle.folds == folds  # folds are stratified by rating, never by the label
+    batch = data.batch()
+    before = {s.enterprise_id: s for s in trained.bundle.score_many(batch)}
+    after = {s.enterprise_id: s for s in flipped.bundle.score_many(batch)}
+    for eid in folds[1]:
+        assert after[eid].default_probability == before[eid].default_probability
+        assert after[eid].default_probability_invoice_only == before[eid].default_probability_invoice_only
+    others = [e for k, f in enumerate(folds) if k != 1 for e in f]
+    assert any(after[e].default_probability != before[e].default_probability for e in others)
+    unlabeled = [e for e, r in zip(data.enterprise_ids, data.ratings, strict=True) if r is None]
+    assert any(after[e].default_probability != before[e].default_probability for e in unlabeled)
+
+
+def test_a_labeled_enterprise_is_scored_by_its_out_of_fold_member_alone(trained: TrainResult) -> None:
+    data = synthetic_data()
+    bundle = trained.bundle
+    out = bundle.member_outputs(data.batch())
+    scores = bundle.score_many(data.batch())
+    for i, s in enumerate(scores):
+        k = next((k for k, f in enumerate(bundle.folds) if s.enterprise_id in f), None)
+        expected = out.rated[:, i].mean() if k is None else out.rated[k, i]
+        assert s.default_probability == pytest.approx(float(expected), abs=1e-12)
+    # the same enterprise under another id (a new, unlabeled enterprise) gets the mean of all members
+    i = data.enterprise_ids.index(bundle.folds[0][0])
+    batch = data.batch(np.array([i]))
+    renamed = ScoringBatch(["NEW1"], batch.numeric, batch.categorical, batch.sequences, batch.known_ratings)
+    assert bundle.score_many(renamed)[0].default_probability == pytest.approx(float(out.rated[:, i].mean()), rel=1e-6)
+
+
+def test_training_reports_cross_fitted_metrics_and_invariants(trained: TrainResult) -> None:
+    inv = trained.metrics["invariants"]
+    assert set(inv) >= {"largest_share", "mean_by_rating", "rising_a_to_d", "ok"}
+    assert inv["n"] == 90
+    oof = trained.metrics["training_rows_out_of_fold"]
+    assert oof["n"] == 60 and oof["log_loss"] > 0
+
+
+def _net_only(bundle: ModelBundle) -> ModelBundle:
+    """The synthetic labels are the rating itself, so the trained stack leans on the rating's rate;
+    this serves the net alone, so that invoice factors move the probability."""
+    from models.calibration import RatingStack
+
+    return replace(bundle, members=tuple(
+        replace(m, default=replace(m.default, stack_rated=RatingStack(1.0, 0.0, 0.0))) for m in bundle.members))
+
+
+def test_reasons_name_the_factor_that_actually_moved_the_probability(trained: TrainResult) -> None:
+    """An enterprise equal to the median enterprise (the attribution reference) but for one
+    factor: that factor, and only it, is named when it raised the probability, in words with
+    its own value; when it lowered the probability no reason is given."""
+    from models.reasons import describe
+
+    bundle = _net_only(trained.bundle)
+    k, eid = 0, bundle.folds[0][0]  # scored by member 0 alone
+    member = bundle.members[k]
+    pre = bundle.preprocessor
+    median = np.asarray(pre.fill, dtype=np.float64)
+
+    def score(raw: np.ndarray) -> object:
+        batch = ScoringBatch([eid], raw[None, :], [("manufacturing", "limited_company")],
+                             np.zeros((1, 6, 24), dtype=np.float32), ["B"])
+        return bundle.score_many(batch)[0]
+
+    base = score(median)
+    assert base.reasons == ()  # the reference itself has nothing to explain
+    moved = []
+    for name in member.selected:
+        j = NUMERIC_FEATURES.index(name)
+        for value in (pre.lower[j], pre.upper[j]):
+            raw = median.copy()
+            raw[j] = value
+            s = score(raw)
+            moved.append((s.default_probability - base.default_probability, name, value, s))
+    up = max(moved, key=lambda t: t[0])
+    down = min(moved, key=lambda t: t[0])
+    assert up[0] > 1e-3 and down[0] < -1e-4
+    assert up[3].reasons == (describe(up[1], up[2]),)
+    assert down[3].reasons == ()
+    # integrated gradients are complete: the attributions add up to the change from the reference
+    raw = median.copy()
+    raw[NUMERIC_FEATURES.index(up[1])] = up[2]
+    batch = ScoringBatch([eid], raw[None, :], [("manufacturing", "limited_company")],
+                         np.zeros((1, 6, 24), dtype=np.float32), ["B"])
+    attr = bundle.attributions(batch, bundle.member_outputs(batch))
+    assert attr.sum() == pytest.approx(up[0], rel=0.05, abs=1e-4)
+    assert score(raw).reasons == up[3].reasons  # the same inputs give the same reasons
+
+
+def test_every_score_carries_reasons_in_words(trained: TrainResult) -> None:
+    scores = _net_only(trained.bundle).score_many(synthetic_data().batch())
+    with_reasons = [s for s in scores if s.reasons]
+    assert len(with_reasons) > len(scores) // 2
+    assert all(r.split(":")[0] in NUMERIC_FEATURES and len(r.split(": ", 1)[1]) > 3
+               for s in with_reasons for r in s.reasons)
+    assert all(len(s.reasons) <= 3 for s in scores)

@@ -257,3 +257,30 @@ def test_run_allocation_publishes_only_changes_and_keeps_unknowns_out() -> None:
     e2 = more.changed[0]
     assert (e2.previous_amount_yuan, e2.amount_yuan, e2.allocation_id) == (0.0, 100_000.0, "a3")
     assert e2.change_reasons[:2] == ["amount_increased", "rate_increased"]
+
+
+def test_score_events_and_credit_lines_carry_the_model_reasons_and_the_challenger() -> None:
+    from streams.events import CreditLine
+    from streams.pipeline import to_event
+
+    score = Score("E1", "C", True, {"A": 0.1, "B": 0.2, "C": 0.6, "D": 0.1}, 0.31, "mid-end",
+                  default_probability_invoice_only=0.27, challenger_default_probability=0.06,
+                  reasons=("sales_growth: sales fell 43% in the last 12 months",))
+    event = to_event(score, 12, "manufacturing", "limited_company", as_of=dt.date(2019, 5, 31),
+                     bundle_version="b", now=NOW)
+    assert event.schema_version == 2
+    assert event.risk_factors == ["sales_growth: sales fell 43% in the last 12 months"]
+    assert (event.default_probability_invoice_only, event.challenger_default_probability) == (0.27, 0.06)
+    # a version-1 message (no new fields) still validates
+    old = json.loads(event.model_dump_json())
+    for key in ("risk_factors", "default_probability_invoice_only", "challenger_default_probability"):
+        old.pop(key)
+    assert EnterpriseScore.model_validate({**old, "schema_version": 1}).risk_factors == []
+    # a declined line names the enterprise's own risk factors beside the allocator's reasons
+    registry = _registry()
+    scores = {"E3": event.model_copy(update={"enterprise_id": "E3", "rating": "D", "default_probability": 0.9})}
+    result = run_allocation(scores, {}, GreedyAllocate(), registry, budget_yuan=150_000, allocation_id="a1",
+                            solver="exact", as_of=dt.date(2019, 5, 31), now=NOW, bundle_version="b")
+    line = result.lines["E3"]
+    assert isinstance(line, CreditLine) and line.amount_yuan == 0 and line.schema_version == 2
+    assert line.risk_factors == ["sales_growth: sales fell 43% in the last 12 months"]
