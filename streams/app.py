@@ -47,6 +47,7 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, ApplyResult, BatchOutcome, Fingerprint, Source,
                               decide_allocation, merge_outcomes, poison_letter, process_batch)
+from streams.policy import IngestPolicy
 from streams.ports import BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
 from streams.settings import Settings, TopicSettings
 
@@ -176,6 +177,7 @@ class WorkerCore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
+        self.policy = IngestPolicy.from_settings(ctx.settings.ingest)
 
     # ------------------------------------------------------------------ lifecycle and state
 
@@ -226,7 +228,8 @@ class WorkerCore:
         """
         ctx, m = self.ctx, self.ctx.metrics
         t0 = time.perf_counter()
-        messages = [(r.value or b"", Source(r.topic, r.partition, r.offset, decode_key(r.key))) for r in records]
+        messages = [(r.value or b"", Source(r.topic, r.partition, r.offset, decode_key(r.key), r.timestamp))
+                    for r in records]
         outcome = await self._process(messages)
         t1 = time.perf_counter()
         await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
@@ -239,8 +242,8 @@ class WorkerCore:
         m.events.labels(outcome="dead").inc(len(outcome.dead_letters))
         for d in outcome.dead_letters:
             m.dead_letter(d.reason)
-            log.warning("dead letter topic=%s partition=%s offset=%s reason=%s", d.source_topic, d.source_partition,
-                        d.source_offset, d.reason)
+            log.warning("dead letter topic=%s partition=%s offset=%s reason=%s: %s", d.source_topic,
+                        d.source_partition, d.source_offset, d.reason, d.error)
         m.scores.inc(len(outcome.scores))
         for alarm in ctx.drift.observe(outcome.scores):
             m.drift_alarms.labels(signal=str(alarm.key)).inc()
@@ -283,7 +286,7 @@ class WorkerCore:
             try:
                 outcome = await self._in_thread(partial(
                     process_batch, messages, ctx.features, ctx.scores, ctx.registry, ctx.scorer, now=ctx.clock(),
-                    score_batch_size=ctx.settings.worker.score_batch_size))
+                    score_batch_size=ctx.settings.worker.score_batch_size, policy=self.policy))
             except StreamError as exc:
                 # a write may have half-happened: whatever this process cached no longer says what the store holds
                 ctx.features.invalidate()
@@ -367,7 +370,7 @@ class WorkerCore:
 def _without_payload(dead: DeadLetter, exc: Exception) -> DeadLetter:
     """The dead letter without its raw bytes, for a broker that refuses it as it is (kept: reason and coordinates)."""
     note = f"raw payload ({len(dead.raw_base64)} base64 characters) not kept: the broker refused it ({exc})"
-    return dead.model_copy(update={"raw_base64": "", "error": f"{dead.error} | {note}"[:1000]})
+    return dead.model_copy(update={"raw_base64": "", "raw_truncated": True, "error": f"{dead.error} | {note}"[:1000]})
 
 
 class IngestLoop:

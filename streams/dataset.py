@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from streams.events import InvoiceEvent
+from streams.events import InvoiceEvent, error_detail, reason_of
 
 #: The project's own copy of the data set (a fresh clone runs without ../shared).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "cumcm2020c"
@@ -47,14 +47,12 @@ def produced_at_for(issue_date: dt.date) -> dt.datetime:
 
 
 def validation_reason(error: ValidationError) -> str:
-    """A short, stable reason code for a validation error (used as the DLQ reason label)."""
-    first = error.errors()[0]
-    loc = ".".join(str(part) for part in first.get("loc", ()))
-    if loc:
-        return f"{loc}:{first['type']}"
-    # a model-level check: name it by its message ("amount + tax != total (...)" -> "amount + tax != total")
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    return "event:" + message.split(" (")[0]
+    """Why a row is not a valid event: the closed-set DLQ reason, then the detail.
+
+    The reason is :func:`streams.events.reason_of`'s, the one the stream's dead letters carry,
+    so a row rejected here is rejected with the same reason in the stream.
+    """
+    return f"{reason_of(error)}: {error_detail(error)}"
 
 
 def iter_invoice_rows(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[tuple[int, dict[str, str]]]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import unicodedata
 from decimal import Decimal
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -29,8 +30,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 EVENT_SCHEMA_VERSION: Final = 1
 
@@ -43,9 +46,71 @@ TOTAL_TOLERANCE_YUAN: Final = Decimal("0.01")
 #: The largest absolute amount accepted (10^12 yuan): beyond it the value is surely corrupt.
 MAX_ABS_YUAN: Final = Decimal("1e12")
 
-# Ids travel inside Redis hash tags ``{id}``, so braces are excluded.
+DlqReason = Literal[
+    "empty", "too_large", "json_invalid", "not_object", "duplicate_key", "unknown_field", "missing_field",
+    "invalid_type", "invalid_value", "invalid_id", "invalid_amount", "amount_ceiling", "sign_mismatch",
+    "total_mismatch", "naive_timestamp", "date_too_old", "issue_after_produced", "event_time_future",
+    "key_mismatch", "schema_version", "conflicting_redelivery", "outside_dedup_window", "processing_failed",
+    "invalid",
+]
+"""The closed set of dead-letter reasons: the ``reason`` of a :class:`DeadLetter` and the label of
+``riskmon_dlq_total{reason}`` (the sender's free text goes to ``DeadLetter.error`` and the log, never
+into a label). The table of what each means is in ``docs/faults.md``."""
+DLQ_REASONS: Final[frozenset[str]] = frozenset(get_args(DlqReason))
+
+
+def rule_error(reason: DlqReason, message: str) -> PydanticCustomError:
+    """A validation error whose pydantic ``type`` is the DLQ reason (so the reason survives validation)."""
+    return PydanticCustomError(reason, message.replace("{", "(").replace("}", ")"))
+
+
+#: Characters never allowed in an id: braces (ids travel inside Redis hash tags ``{id}``).
+_ID_FORBIDDEN: Final = frozenset("{}")
+#: Unicode categories never allowed in an id: controls, format (zero-width) characters, surrogates,
+#: private use, unassigned, and every separator (spaces, line and paragraph separators).
+_ID_BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def check_identifier(value: str) -> str:
+    r"""An id is NFKC-normalised, printable, without whitespace, control or zero-width characters or braces.
+
+    ``Ｅ１`` (full-width) is rejected rather than folded to ``E1``: two spellings of one
+    enterprise must not become two enterprises, nor silently one.
+
+    Examples
+    --------
+    >>> check_identifier("E1"), check_identifier("A00297"), check_identifier("企业7")
+    ('E1', 'A00297', '企业7')
+    >>> for bad in ("E1\x00", "Ｅ１", "E1\u200b", "E 1", "E{1}"):
+    ...     try:
+    ...         check_identifier(bad)
+    ...     except ValueError as exc:
+    ...         print(exc.type)  # type: ignore[attr-defined]
+    invalid_id
+    invalid_id
+    invalid_id
+    invalid_id
+    invalid_id
+    """
+    if value.isascii():
+        if value.isprintable() and " " not in value and "{" not in value and "}" not in value:
+            return value
+    elif unicodedata.is_normalized("NFKC", value) and not any(
+            c in _ID_FORBIDDEN or unicodedata.category(c) in _ID_BAD_CATEGORIES for c in value):
+        return value
+    raise rule_error("invalid_id", f"id {value!r} is outside the id alphabet (NFKC, printable, no whitespace, "
+                                   "control or zero-width characters, no braces)")
+
+
+# Ids travel inside Redis hash tags ``{id}``, so braces are excluded (see check_identifier).
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^{}\s]+$")
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), AfterValidator(check_identifier)
+]
+EventId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), AfterValidator(check_identifier)
+]
+InvoiceNo = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), AfterValidator(check_identifier)
 ]
 
 
@@ -55,12 +120,34 @@ def _strip_lower(value: object) -> object:
 
 def _two_decimals(value: Decimal) -> Decimal:
     if not value.is_finite():
-        raise ValueError("must be a finite number")
-    if value != value.quantize(Decimal("0.01")):
-        raise ValueError("must have at most 2 decimal places (yuan and fen)")
+        raise rule_error("invalid_amount", "must be a finite number")
     if abs(value) > MAX_ABS_YUAN:
-        raise ValueError(f"absolute value above {MAX_ABS_YUAN} yuan")
+        raise rule_error("amount_ceiling", f"absolute value above {MAX_ABS_YUAN} yuan")
+    if value != value.quantize(Decimal("0.01")):
+        raise rule_error("invalid_amount", "must have at most 2 decimal places (yuan and fen)")
     return value
+
+
+def check_invoice(amount: Decimal, tax: Decimal, total: Decimal, issue_date: dt.date,
+                  produced_at: dt.datetime) -> None:
+    """The rules across fields of an invoice (one home: the pydantic model and the wire decoder call it).
+
+    Raises a :func:`rule_error` naming the DLQ reason.
+    """
+    if produced_at.tzinfo is None or produced_at.utcoffset() is None:
+        raise rule_error("naive_timestamp", "produced_at must carry a timezone (e.g. ...Z)")
+    if issue_date < MIN_ISSUE_DATE:
+        raise rule_error("date_too_old", f"issue_date {issue_date} is before {MIN_ISSUE_DATE}")
+    latest = produced_at.astimezone(dt.UTC).date() + dt.timedelta(days=MAX_FUTURE_DAYS)
+    if issue_date > latest:
+        raise rule_error("issue_after_produced",
+                         f"issue_date {issue_date} is after the producer timestamp {produced_at.isoformat()}")
+    gap = abs(amount + tax - total)
+    if gap > TOTAL_TOLERANCE_YUAN:
+        raise rule_error("total_mismatch", f"amount + tax != total ({amount} + {tax} != {total}, off by {gap})")
+    # a sale or a return: amount, tax and total never point in opposite directions (zero goes either way)
+    if (amount > 0 and (tax < 0 or total < 0)) or (amount < 0 and (tax > 0 or total > 0)):
+        raise rule_error("sign_mismatch", f"amount, tax and total disagree in sign ({amount}, {tax}, {total})")
 
 
 Yuan = Annotated[Decimal, AfterValidator(_two_decimals)]
@@ -79,10 +166,10 @@ class InvoiceEvent(_Event):
     """
 
     schema_version: Literal[1] = EVENT_SCHEMA_VERSION
-    event_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    event_id: EventId
     enterprise_id: Identifier
     direction: Annotated[Literal["in", "out"], BeforeValidator(_strip_lower)]
-    invoice_no: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    invoice_no: InvoiceNo
     issue_date: dt.date
     counterparty_id: Identifier
     amount: Yuan
@@ -94,16 +181,7 @@ class InvoiceEvent(_Event):
 
     @model_validator(mode="after")
     def _consistent(self) -> InvoiceEvent:
-        if self.produced_at.tzinfo is None:
-            raise ValueError("produced_at must carry a timezone (e.g. ...Z)")
-        if self.issue_date < MIN_ISSUE_DATE:
-            raise ValueError(f"issue_date {self.issue_date} is before {MIN_ISSUE_DATE}")
-        latest = self.produced_at.astimezone(dt.UTC).date() + dt.timedelta(days=MAX_FUTURE_DAYS)
-        if self.issue_date > latest:
-            raise ValueError(f"issue_date {self.issue_date} is after the producer timestamp {self.produced_at.isoformat()}")
-        gap = abs(self.amount + self.tax - self.total)
-        if gap > TOTAL_TOLERANCE_YUAN:
-            raise ValueError(f"amount + tax != total ({self.amount} + {self.tax} != {self.total}, off by {gap})")
+        check_invoice(self.amount, self.tax, self.total, self.issue_date, self.produced_at)
         return self
 
     def content_hash(self) -> str:
@@ -214,18 +292,82 @@ class AllocationSummary(_Event):
     decided_at: dt.datetime
 
 
-class DeadLetter(_Event):
-    """A message that could not be processed (topic ``invoices.dlq``): the reason and the raw bytes."""
+DEAD_LETTER_SCHEMA_VERSION: Final = 2
 
-    schema_version: Literal[1] = EVENT_SCHEMA_VERSION
-    reason: str
+
+class DeadLetter(_Event):
+    """A message that could not be processed (topic ``invoices.dlq``): the reason and the raw bytes.
+
+    ``reason`` is one of the closed set :data:`DlqReason`; ``error`` is the free text. The raw
+    bytes are kept whole when the record fits under the broker's limit; otherwise ``raw_base64``
+    holds their first bytes, ``raw_truncated`` is true, and ``raw_length`` and ``raw_sha256``
+    still describe the whole message (schema version 2 added those three fields).
+    """
+
+    schema_version: Literal[2] = DEAD_LETTER_SCHEMA_VERSION
+    reason: DlqReason
     error: str
     source_topic: str
     source_partition: int
     source_offset: int
     key: str | None = None
     raw_base64: str
+    raw_length: int = 0
+    raw_sha256: str = ""
+    raw_truncated: bool = False
     failed_at: dt.datetime
+
+
+_TYPE_REASONS: Final[dict[str, DlqReason]] = {
+    "json_invalid": "json_invalid", "json_type": "not_object", "model_type": "not_object",
+    "model_attributes_type": "not_object", "dict_type": "not_object", "extra_forbidden": "unknown_field",
+    "missing": "missing_field", "literal_error": "invalid_value", "enum": "invalid_value",
+    "string_too_short": "invalid_value", "string_too_long": "invalid_value", "too_long": "invalid_value",
+    "timezone_aware": "naive_timestamp", "finite_number": "invalid_amount",
+    "decimal_max_places": "invalid_amount",
+}
+
+
+def reason_of(error: ValidationError) -> DlqReason:
+    """The closed-set DLQ reason of a pydantic validation error (its first error decides).
+
+    Examples
+    --------
+    >>> try:
+    ...     InvoiceEvent.model_validate_json(b'{"event_id": "x"}')
+    ... except ValidationError as exc:
+    ...     reason_of(exc)
+    'missing_field'
+    """
+    first = error.errors()[0]
+    kind = str(first.get("type", ""))
+    if kind in DLQ_REASONS:  # raised by a rule_error
+        return kind  # type: ignore[return-value]
+    if first.get("loc") == ("schema_version",) and kind != "missing":
+        return "schema_version"
+    if kind in _TYPE_REASONS:
+        if _TYPE_REASONS[kind] == "not_object" and first.get("loc"):
+            return "invalid_type"  # a nested value of the wrong kind, not the message itself
+        return _TYPE_REASONS[kind]
+    if kind.endswith(("_type", "_parsing")) or kind.startswith(("decimal_", "date_", "datetime_")):
+        return "invalid_type"
+    return "invalid_value" if first.get("loc") else "invalid"
+
+
+def error_detail(error: ValidationError) -> str:
+    """A one-line description of a validation error: the field, the check and the message.
+
+    Examples
+    --------
+    >>> try:
+    ...     InvoiceEvent.model_validate_json(b'{"event_id": "x"}')
+    ... except ValidationError as exc:
+    ...     error_detail(exc)
+    'enterprise_id: missing: Field required'
+    """
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first.get("loc", ())) or "event"
+    return f"{loc}: {first['type']}: {first['msg']}".replace("\n", " ")
 
 
 WIRE_SCHEMAS: Final[dict[str, type[BaseModel]]] = {

@@ -3,11 +3,11 @@
 Examples
 --------
 >>> m = Metrics()
->>> m.dead_letter("json_invalid"); m.freshness([0.5, 1.5])
+>>> m.dead_letter("json_invalid"); m.dead_letter("issue_date 2030-01-01 is after ..."); m.freshness([0.5, 1.5])
 >>> m.quantiles()["p50_s"]
 1.0
->>> b"riskmon_dlq_total" in m.exposition()
-True
+>>> b'riskmon_dlq_total{reason="json_invalid"} 1.0' in m.exposition(), b'reason="invalid"} 1.0' in m.exposition()
+(True, True)
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from streams.events import DLQ_REASONS
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -56,7 +58,8 @@ class Metrics:
         self._fresh: deque[float] = deque(maxlen=freshness_samples)
 
     def dead_letter(self, reason: str) -> None:
-        self.dlq.labels(reason=reason).inc()
+        """Count a dead letter; the label is always one of the closed set ``DLQ_REASONS`` (else ``invalid``)."""
+        self.dlq.labels(reason=reason if reason in DLQ_REASONS else "invalid").inc()
 
     def freshness(self, seconds: Iterable[float]) -> None:
         for s in seconds:

@@ -20,7 +20,6 @@ Examples
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import math
@@ -34,20 +33,20 @@ from pydantic import ValidationError
 from allocator.reasons import line_changes
 from models.scoring import Score, Scorer, ScoringBatch
 from models.schema import NUMERIC_FEATURES
-from streams.dataset import validation_reason
-from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
+from streams.events import (AllocationSummary, CreditLine, DeadLetter, DlqReason, EnterpriseScore, InvoiceEvent,
+                            error_detail, reason_of)
+from streams.eventtime import latest_client_dates
 from streams.features.fold import EnterpriseState, invoice_delta
 from streams.features.names import classify_name
 from streams.features.vector import month_index, to_sequence, to_vector
+from streams.policy import DEFAULT_POLICY, IngestPolicy, check_policy
+from streams.policy import dead_letter as build_dead_letter
 from streams.ports import DEAD_LETTER_VERDICTS, DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore, Verdict
+from streams.wire import DuplicateKey, decode_invoice, decode_slow
 
-REASON_EMPTY: Final = "empty"
-REASON_JSON: Final = "json_invalid"
-REASON_NOT_OBJECT: Final = "not_object"
-REASON_UNKNOWN_FIELD: Final = "unknown_field"
 REASON_UNKNOWN_ENTERPRISE: Final = "unknown_enterprise"
 REASON_NOT_ALLOCATED: Final = "not_allocated"
-REASON_PROCESSING_FAILED: Final = "processing_failed"  # a message that alone makes its batch fail (poison pill)
+REASON_PROCESSING_FAILED: Final[DlqReason] = "processing_failed"  # a message that alone makes its batch fail (poison pill)
 _RATINGS: Final = ("A", "B", "C", "D")
 
 
@@ -59,6 +58,7 @@ class Source:
     partition: int = -1
     offset: int = -1
     key: str | None = None
+    timestamp_ms: int | None = None  # the Kafka record timestamp (None: unknown)
 
 
 _NO_SOURCE: Final = Source("")
@@ -67,45 +67,27 @@ _NO_SOURCE: Final = Source("")
 # --------------------------------------------------------------------------- ingest
 
 
-def _reason(error: ValidationError) -> str:
-    first = error.errors()[0]
-    kind = first.get("type", "")
-    if kind == "json_invalid":
-        return REASON_JSON
-    if kind in ("model_type", "model_attributes_type", "dict_type") and not first.get("loc"):
-        return REASON_NOT_OBJECT
-    if kind == "extra_forbidden":  # the field name is the sender's text: keep metric labels bounded
-        return REASON_UNKNOWN_FIELD
-    return validation_reason(error)
-
-
 def _raw_bytes(raw: bytes | str | Mapping[str, object]) -> bytes:
     if isinstance(raw, Mapping):
         return json.dumps(raw, default=str, ensure_ascii=False).encode()
     return raw.encode() if isinstance(raw, str) else bytes(raw)
 
 
-def dead_letter(raw: bytes | str | Mapping[str, object], source: Source, reason: str, error: str,
-                now: dt.datetime) -> DeadLetter:
-    """A :class:`DeadLetter` for one raw message: the reason, the error text and the raw bytes."""
-    return DeadLetter(
-        reason=reason,
-        error=error[:1000],
-        source_topic=source.topic,
-        source_partition=source.partition,
-        source_offset=source.offset,
-        key=source.key,
-        raw_base64=base64.b64encode(_raw_bytes(raw)).decode("ascii"),
-        failed_at=now,
-    )
+def dead_letter(raw: bytes | str | Mapping[str, object], source: Source, reason: DlqReason, error: str,
+                now: dt.datetime, *, max_bytes: int = DEFAULT_POLICY.max_dead_letter_bytes) -> DeadLetter:
+    """A :class:`DeadLetter` for one raw message (:func:`streams.policy.dead_letter`: it always fits)."""
+    return build_dead_letter(reason, error, _raw_bytes(raw), source.topic, source.partition, source.offset,
+                             source.key, now, max_bytes=max_bytes)
 
 
-def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime) -> InvoiceEvent | DeadLetter:
+def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime,
+           policy: IngestPolicy = DEFAULT_POLICY) -> InvoiceEvent | DeadLetter:
     """Decode and validate one message; anything invalid becomes a :class:`DeadLetter` with a reason.
 
-    Never raises on bad input: the reason codes are ``empty``, ``json_invalid``,
-    ``not_object``, ``unknown_field`` or :func:`streams.dataset.validation_reason`'s
-    ``field:error_type`` / ``event:check``.
+    Never raises on bad input. The reason is one of the closed set
+    :data:`streams.events.DlqReason` (the table is in ``docs/faults.md``); the detail goes to
+    ``DeadLetter.error``. Valid events must also pass the deployment's ``policy`` (key =
+    ``enterprise_id``, amount ceiling, event-time bounds against ``source.timestamp_ms`` and ``now``).
 
     Examples
     --------
@@ -116,23 +98,46 @@ def ingest(raw: bytes | str | Mapping[str, object], source: Source, now: dt.date
     >>> ingest(b"[1, 2]", Source("invoices"), now).reason
     'not_object'
     >>> ingest(b'{"event_id": "x"}', Source("invoices"), now).reason
-    'enterprise_id:missing'
+    'missing_field'
     """
     raw_bytes = _raw_bytes(raw)
 
-    def dead(reason: str, error: str) -> DeadLetter:
-        return dead_letter(raw_bytes, source, reason, error, now)
+    def dead(reason: DlqReason, error: str) -> DeadLetter:
+        return dead_letter(raw_bytes, source, reason, error, now, max_bytes=policy.max_dead_letter_bytes)
 
-    if not raw_bytes.strip():
-        return dead(REASON_EMPTY, "empty message")
-    try:
-        if isinstance(raw, Mapping):
-            return InvoiceEvent.model_validate(raw)
-        return InvoiceEvent.model_validate_json(raw_bytes)
-    except ValidationError as exc:
-        return dead(_reason(exc), str(exc))
-    except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. a Decimal context error deep in a validator
-        return dead("invalid", f"{type(exc).__name__}: {exc}")
+    event = decode_invoice(raw_bytes) if policy.fast_decode and not isinstance(raw, Mapping) else None
+    if event is None:
+        if not raw_bytes.strip():
+            return dead("empty", "empty message")
+        try:
+            if isinstance(raw, Mapping):
+                event = InvoiceEvent.model_validate(raw)
+            else:
+                event = decode_slow(raw_bytes)
+        except DuplicateKey as exc:
+            return dead("duplicate_key", str(exc))
+        except ValidationError as exc:
+            return dead(reason_of(exc), f"{error_detail(exc)} ({exc.error_count()} error(s))")
+        except (ValueError, TypeError, ArithmeticError) as exc:  # e.g. a Decimal context error deep in a validator
+            return dead("invalid", f"{type(exc).__name__}: {exc}")
+    why = check_policy(event, source.key, source.timestamp_ms, now, policy)
+    if why is not None:
+        return dead(*why)
+    return event
+
+
+def ingest_many(messages: Iterable[tuple[bytes | str | Mapping[str, object], Source]], now: dt.datetime,
+                policy: IngestPolicy = DEFAULT_POLICY) -> tuple[list[InvoiceEvent], list[DeadLetter]]:
+    """:func:`ingest` over a micro-batch: the valid events and the dead letters, each in message order."""
+    events: list[InvoiceEvent] = []
+    dead: list[DeadLetter] = []
+    for raw, source in messages:
+        item = ingest(raw, source, now, policy)
+        if isinstance(item, InvoiceEvent):
+            events.append(item)
+        else:
+            dead.append(item)
+    return events, dead
 
 
 # --------------------------------------------------------------------------- features
@@ -168,8 +173,14 @@ def delta_item(event: InvoiceEvent, source: Source | None = None) -> DeltaItem:
 
 
 def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent],
-                 sources: Sequence[Source] | None = None) -> ApplyResult:
+                 sources: Sequence[Source] | None = None, *, registry: EnterpriseRegistry | None = None,
+                 quorum: int | None = None) -> ApplyResult:
     """Fold the events into the store (one ``apply_many``) and advance the event-time watermark.
+
+    With ``quorum`` (the live worker), the watermark moves by :mod:`streams.eventtime`'s rule: to the
+    ``quorum``-th most recent latest date among the clients of ``registry`` (every enterprise when
+    ``registry`` is None), so neither a non-client nor fewer than ``quorum`` clients can push it.
+    Without it (an in-process replay of trusted history), to the latest issue date applied.
 
     ``sources`` (one per event, the Kafka coordinates) let the store fence redelivery by offset;
     without them (the in-process backtest) only the dedup window recognises a repeated event.
@@ -199,8 +210,13 @@ def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent],
     rejected = tuple((i, v.value) for i, v in enumerate(verdicts) if v in DEAD_LETTER_VERDICTS)
     applied = sum(1 for v in verdicts if v is Verdict.APPLIED)
     changed = frozenset(item.enterprise_id for item, v in zip(items, verdicts, strict=True) if v is Verdict.APPLIED)
-    kept = [e.issue_date for e, v in zip(events, verdicts, strict=True) if v not in DEAD_LETTER_VERDICTS]
-    watermark = store.advance_watermark(max(kept)) if kept else store.watermark()
+    kept = [e for e, v in zip(events, verdicts, strict=True) if v not in DEAD_LETTER_VERDICTS]
+    watermark: dt.date | None
+    if quorum is None:
+        watermark = store.advance_watermark(max(e.issue_date for e in kept)) if kept else store.watermark()
+    else:
+        latest = latest_client_dates(kept, registry)
+        watermark = store.advance_watermark_quorum(latest, quorum) if latest else store.watermark()
     return ApplyResult(
         touched=frozenset(item.enterprise_id for item in items),
         changed=changed,
@@ -212,14 +228,16 @@ def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent],
 
 
 def dead_letters_for(result: ApplyResult, raws: Sequence[bytes | str | Mapping[str, object]],
-                     sources: Sequence[Source], now: dt.datetime) -> list[DeadLetter]:
+                     sources: Sequence[Source], now: dt.datetime,
+                     policy: IngestPolicy = DEFAULT_POLICY) -> list[DeadLetter]:
     """The dead letters of the events the store refused (``result.rejected``), from their raw messages."""
     out = []
     for index, reason in result.rejected:
         why = {"conflicting_redelivery": "event_id already applied with other content (dedup window)",
                "outside_dedup_window": "issued before the enterprise's dedup window: a re-send could not be "
                                        "recognised; raise redis.dedup_window_months and re-inject it"}.get(reason, reason)
-        out.append(dead_letter(raws[index], sources[index], reason, why, now))
+        out.append(dead_letter(raws[index], sources[index], reason, why, now,  # type: ignore[arg-type]
+                               max_bytes=policy.max_dead_letter_bytes))
     return out
 
 
@@ -345,26 +363,28 @@ def process_batch(
     *,
     now: dt.datetime,
     score_batch_size: int = 256,
+    policy: IngestPolicy = DEFAULT_POLICY,
 ) -> BatchOutcome:
     """Ingest, fold and rescore one micro-batch; new scores are saved to ``scores``.
 
     ``scorer=None`` folds features only (a feature-only backfill). Scoring is as of the
-    event-time watermark after the batch.
+    event-time watermark after the batch, which moves by the quorum of ``registry``'s clients
+    (``policy.watermark_quorum``, :mod:`streams.eventtime`).
     """
     events: list[InvoiceEvent] = []
     raws: list[bytes | str | Mapping[str, object]] = []
     sources: list[Source] = []
     dead: list[DeadLetter] = []
     for raw, source in messages:
-        item = ingest(raw, source, now)
+        item = ingest(raw, source, now, policy)
         if isinstance(item, InvoiceEvent):
             events.append(item)
             raws.append(raw)
             sources.append(source)
         else:
             dead.append(item)
-    result = apply_events(features, events, sources)
-    dead.extend(dead_letters_for(result, raws, sources, now))
+    result = apply_events(features, events, sources, registry=registry, quorum=policy.watermark_quorum)
+    dead.extend(dead_letters_for(result, raws, sources, now, policy))
     new_scores: list[EnterpriseScore] = []
     if scorer is not None and result.touched and result.watermark is not None:
         new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark,
@@ -403,13 +423,7 @@ def poison_letter(raw: bytes | str | Mapping[str, object], source: Source, now: 
     >>> d.reason, d.error, d.source_offset
     ('processing_failed', "RuntimeError('boom')", 9)
     """
-    if isinstance(raw, Mapping):
-        raw_bytes = json.dumps(raw, default=str, ensure_ascii=False).encode()
-    else:
-        raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
-    return DeadLetter(reason=REASON_PROCESSING_FAILED, error=repr(error)[:1000], source_topic=source.topic,
-                      source_partition=source.partition, source_offset=source.offset, key=source.key,
-                      raw_base64=base64.b64encode(raw_bytes).decode("ascii"), failed_at=now)
+    return dead_letter(raw, source, REASON_PROCESSING_FAILED, repr(error), now)
 
 
 # --------------------------------------------------------------------------- allocation

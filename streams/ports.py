@@ -148,6 +148,20 @@ class FeatureStore(Protocol):
         """Move the watermark to ``issue_date`` if later; returns the watermark after the call."""
         ...
 
+    def advance_watermark_quorum(self, latest: Mapping[str, dt.date], quorum: int) -> dt.date | None:
+        """Record each client's latest issue date (the max per enterprise), then move the watermark to the
+        ``quorum``-th most recent of them if later (:func:`streams.eventtime.quorum_watermark`); returns it."""
+        ...
+
+    def set_watermark(self, day: dt.date) -> int:
+        """The operator's correction: the watermark becomes ``day`` (back or forth), and every recorded
+        latest date above it comes down to it; returns how many were lowered."""
+        ...
+
+    def latest_dates(self, n: int) -> list[tuple[str, dt.date]]:
+        """The ``n`` most recent recorded client latest dates, newest first (who holds the watermark)."""
+        ...
+
     def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
         """Forget anything cached in this process for these enterprises (all when None).
 

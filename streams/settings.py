@@ -91,6 +91,25 @@ class WorkerSettings(_Section):
     torch_threads: int = Field(default=1, ge=1)  # small batches: one thread is ~15x faster than two here
 
 
+class IngestSettings(_Section):
+    """The edge's policy: event-time bounds, amount ceiling, DLQ record size, watermark quorum (docs/faults.md)."""
+
+    #: How far ahead of the Kafka record timestamp and of the worker's clock ``produced_at`` may be.
+    max_clock_skew_s: float = Field(default=300.0, ge=0)
+    #: The largest |amount|, |tax| or |total| of one invoice, in yuan (the real data's largest is 11.7 M).
+    max_amount_yuan: float = Field(default=1e9, gt=0)
+    #: The Kafka key must equal ``enterprise_id`` (events of one enterprise share one partition).
+    require_key_match: bool = True
+    #: The largest DLQ record, in bytes: under aiokafka's default ``max_request_size`` (1 MiB), the tighter of it
+    #: and the broker's ``message.max.bytes`` (8 MiB in scripts/services), less room for the framing.
+    max_dead_letter_bytes: int = Field(default=1024 * 1024 - 16 * 1024, ge=4096)
+    #: The watermark moves to the k-th most recent latest issue date among registered clients
+    #: (k = min(quorum, clients seen)): fewer than k clients, and no non-client, can push it.
+    watermark_quorum: int = Field(default=3, ge=1)
+    #: Decode with the compiled msgspec wire decoder (pydantic decides every message it does not accept).
+    fast_decode: bool = True
+
+
 class AllocatorSettings(_Section):
     interval_s: float = Field(default=10.0, gt=0)
     budget_yuan: float = Field(default=100_000_000.0, gt=0)
@@ -107,6 +126,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
+    ingest: IngestSettings = IngestSettings()
     allocator: AllocatorSettings = AllocatorSettings()
     bundle_dir: Path = _ROOT / "var" / "bundle"
     data_dir: Path = DEFAULT_DATA_DIR

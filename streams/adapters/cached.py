@@ -99,3 +99,12 @@ class CachedFeatureStore:
 
     def advance_watermark(self, issue_date: dt.date) -> dt.date:
         return self.inner.advance_watermark(issue_date)
+
+    def advance_watermark_quorum(self, latest: Mapping[str, dt.date], quorum: int) -> dt.date | None:
+        return self.inner.advance_watermark_quorum(latest, quorum)
+
+    def set_watermark(self, day: dt.date) -> int:
+        return self.inner.set_watermark(day)
+
+    def latest_dates(self, n: int) -> list[tuple[str, dt.date]]:
+        return self.inner.latest_dates(n)

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from streams.events import CreditLine, EnterpriseScore
 from streams.adapters.dedup import DedupState, commit, judge
+from streams.eventtime import merge_latest, quorum_watermark
 from streams.features.fold import EnterpriseState, check_delta, counter_fields, fold_delta
 from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
 
@@ -45,6 +46,7 @@ class InMemoryFeatureStore:
         self._dedup: dict[str, DedupState] = {}
         self._window = dedup_window_months
         self._watermark: dt.date | None = None
+        self._latest: dict[str, dt.date] = {}
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
         return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
@@ -102,6 +104,23 @@ class InMemoryFeatureStore:
         if self._watermark is None or issue_date > self._watermark:
             self._watermark = issue_date
         return self._watermark
+
+    def advance_watermark_quorum(self, latest: Mapping[str, dt.date], quorum: int) -> dt.date | None:
+        self._latest = merge_latest(self._latest, latest)
+        day = quorum_watermark(self._latest.values(), quorum)
+        if day is not None and (self._watermark is None or day > self._watermark):
+            self._watermark = day
+        return self._watermark
+
+    def set_watermark(self, day: dt.date) -> int:
+        above = [eid for eid, d in self._latest.items() if d > day]
+        for eid in above:
+            self._latest[eid] = day
+        self._watermark = day
+        return len(above)
+
+    def latest_dates(self, n: int) -> list[tuple[str, dt.date]]:
+        return sorted(self._latest.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:n]
 
 
 class InMemoryScoreStore:

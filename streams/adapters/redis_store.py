@@ -12,7 +12,8 @@ split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every e
     {prefix}:v2:{sNN}:scores        hash  enterprise id -> EnterpriseScore JSON
     {prefix}:v2:{sNN}:lines         hash  enterprise id -> CreditLine JSON
     {prefix}:v2:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
-    {prefix}:v2:watermark           str   the latest issue date applied (ISO, compared as text)
+    {prefix}:v2:watermark           str   the event-time watermark (ISO, compared as text)
+    {prefix}:v2:latest              zset  client id -> its latest issue date (YYYYMMDD): the watermark's quorum
 
 A micro-batch is one pipelined round trip, not a transaction: per enterprise one EVALSHA
 carrying the batch's deltas folded in Python into one sum, plus one SADD per bucket. The
@@ -169,6 +170,32 @@ end
 return cur
 """
 
+# KEYS: latest (zset).  ARGV: id1, yyyymmdd1, id2, yyyymmdd2, ..., quorum.  Each client's latest date only
+# grows (ZADD GT); returns the quorum-th most recent (false when none). One key per script: Redis Cluster safe.
+_QUORUM_LUA: Final = """
+for i = 1, #ARGV - 1, 2 do
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
+end
+local n = redis.call('ZCARD', KEYS[1])
+if n == 0 then return false end
+local k = math.min(tonumber(ARGV[#ARGV]), n) - 1
+return redis.call('ZREVRANGE', KEYS[1], k, k, 'WITHSCORES')[2]
+"""
+
+# KEYS: latest.  ARGV: yyyymmdd.  The operator's correction lowers every client's latest date above the new
+# watermark to it (else the quorum would push the watermark straight back); returns how many.
+_CLAMP_LUA: Final = """
+local above = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+for _, member in ipairs(above) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[1], member)
+end
+return #above
+"""
+
+
+def _yyyymmdd(day: dt.date) -> int:
+    return day.year * 10000 + day.month * 100 + day.day
+
 
 def connect(settings: RedisSettings) -> Any:
     """A client from settings (AUTH and TLS included); connects lazily, on first use.
@@ -246,6 +273,9 @@ class RedisFeatureStore:
         self._window = str(dedup_window_months)
         self._apply = client.register_script(_APPLY_LUA)
         self._advance = client.register_script(_WATERMARK_LUA)
+        self._quorum = client.register_script(_QUORUM_LUA)
+        self._latest_key = self._k.glob("latest")
+        self._clamp = client.register_script(_CLAMP_LUA)
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
         return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
@@ -361,6 +391,33 @@ class RedisFeatureStore:
         with _translated("advance_watermark"):
             raw = self._advance(keys=[self._k.glob("watermark")], args=[issue_date.isoformat()])
         return dt.date.fromisoformat(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    def advance_watermark_quorum(self, latest: Mapping[str, dt.date], quorum: int) -> dt.date | None:
+        args: list[str | int] = []
+        for eid, day in latest.items():
+            args += [eid, _yyyymmdd(day)]
+        with _translated("advance_watermark_quorum"):
+            raw = self._quorum(keys=[self._latest_key], args=[*args, quorum])
+        if raw is None:
+            return self.watermark()
+        v = int(float(raw))
+        return self.advance_watermark(dt.date(v // 10000, v // 100 % 100, v % 100))  # monotone, atomic
+
+    def set_watermark(self, day: dt.date) -> int:
+        with _translated("set_watermark"):
+            n = self._clamp(keys=[self._latest_key], args=[_yyyymmdd(day)])
+            self._r.set(self._k.glob("watermark"), day.isoformat())
+        return int(n)
+
+    def latest_dates(self, n: int) -> list[tuple[str, dt.date]]:
+        with _translated("latest_dates"):
+            rows: list[tuple[bytes, float]] = self._r.zrevrange(  # type: ignore[assignment]
+                self._latest_key, 0, max(0, n - 1), withscores=True)
+        out = []
+        for member, score in rows:
+            v = int(score)
+            out.append((member.decode(), dt.date(v // 10000, v // 100 % 100, v % 100)))
+        return out
 
 
 class _ShardedHash:

@@ -89,7 +89,7 @@ async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
     for raw, d in by_raw.items():
         assert d.reason and d.error and d.source_topic == t.invoices and d.source_offset >= 0
         assert d.source_partition in (0, 1) and d.key is not None
-    assert by_raw[MALFORMED["inconsistent_total"]].reason == "event:amount + tax != total"
+    assert by_raw[MALFORMED["inconsistent_total"]].reason == "total_mismatch"
     assert by_raw[MALFORMED["empty"]].reason == "empty"
     counts = {line.split("{")[1]: float(line.split()[-1]) for line in ctx.metrics.exposition().decode().splitlines()
               if line.startswith("riskmon_dlq_total{")}

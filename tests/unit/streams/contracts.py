@@ -110,6 +110,22 @@ class FeatureStoreContract:
         assert store.advance_watermark(dt.date(2019, 6, 1)) == dt.date(2019, 6, 1)
         assert store.watermark() == dt.date(2019, 6, 1)
 
+    def test_watermark_moves_by_quorum_of_clients_and_an_operator_can_set_it(self, store) -> None:
+        d = dt.date
+        assert store.advance_watermark_quorum({"E1": d(2019, 5, 1)}, 3) == d(2019, 5, 1)  # one client: its date
+        assert store.advance_watermark_quorum({"E2": d(2019, 6, 1), "E3": d(2019, 7, 1)}, 3) == d(2019, 5, 1)
+        # one client far ahead does not move it: the 3rd most recent of (2030, 2019-07, 2019-06) is 2019-06
+        assert store.advance_watermark_quorum({"E1": d(2030, 1, 1)}, 3) == d(2019, 6, 1)
+        assert store.advance_watermark_quorum({"E1": d(2019, 1, 1)}, 3) == d(2019, 6, 1)  # latest dates only grow
+        assert [e for e, _ in store.latest_dates(2)] == ["E1", "E3"]
+        assert store.advance_watermark_quorum({}, 3) == d(2019, 6, 1)
+        # the operator pulls it back; the runaway client's date comes down with it
+        assert store.set_watermark(d(2019, 6, 15)) == 2
+        assert store.watermark() == d(2019, 6, 15)
+        assert store.latest_dates(3) == [("E3", d(2019, 6, 15)), ("E1", d(2019, 6, 15)), ("E2", d(2019, 6, 1))]
+        assert store.advance_watermark_quorum({"E2": d(2019, 8, 1)}, 3) == d(2019, 6, 15)
+        assert store.advance_watermark_quorum({"E4": d(2019, 9, 1), "E1": d(2019, 9, 2)}, 3) == d(2019, 8, 1)
+
     def test_load_returns_an_independent_copy(self, store) -> None:
         store.apply("E1", "a", {"n": 1, "cp:in:S1": 1})
         state = store.load("E1")
