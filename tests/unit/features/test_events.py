@@ -86,4 +86,4 @@ def test_content_hash_ignores_spelling_and_sees_content() -> None:
                                                     indent=2))
     assert a.content_hash() == b.content_hash()
     c = InvoiceEvent.model_validate({**GOOD, "amount": "100.01", "total": "113.01"})
-    assert len(a.content_hash()) == 64 and c.content_hash() != a.content_hash()
+    assert c.content_hash() != a.content_hash()

@@ -203,7 +203,8 @@ def test_conflicting_redelivery_and_a_late_invoice_become_dead_letters_with_thei
     late = _raw(event_id="E1-out-3-0", issue_date="2019-06-01", produced_at="2020-06-01T10:00:00Z")
     messages = [(first, Source("invoices", 0, 0)), (changed, Source("invoices", 0, 1)),
                 (resent, Source("invoices", 0, 2)), (newer, Source("invoices", 0, 3)), (late, Source("invoices", 0, 4))]
-    out = process_batch(messages, features, scores, _registry(), RuleScorer(), now=NOW)
+    later = dt.datetime(2020, 7, 1, tzinfo=dt.UTC)  # the worker's clock after the 2020-06 invoices were produced
+    out = process_batch(messages, features, scores, _registry(), RuleScorer(), now=later)
     assert [(d.reason, d.source_offset) for d in out.dead_letters] == [("conflicting_redelivery", 1),
                                                                        ("outside_dedup_window", 4)]
     assert base64.b64decode(out.dead_letters[0].raw_base64) == changed
@@ -212,7 +213,7 @@ def test_conflicting_redelivery_and_a_late_invoice_become_dead_letters_with_thei
     assert out.applied.watermark == dt.date(2020, 6, 1)  # the late invoice moved nothing
     # Kafka redelivers the whole batch: the fence stopped below the first dead letter, so they are judged again;
     # 2019-05 is now older than the window (2020-06 moved it on): offsets 1 and 2 too are dead letters, never counted
-    again = process_batch(messages, features, scores, _registry(), RuleScorer(), now=NOW)
+    again = process_batch(messages, features, scores, _registry(), RuleScorer(), now=later)
     assert [(d.reason, d.source_offset) for d in again.dead_letters] == [
         ("outside_dedup_window", 1), ("outside_dedup_window", 2), ("outside_dedup_window", 4)]
     assert again.applied.applied == 0 and features.load("E1").counters["m:201905:amt_out"] == 10_000
