@@ -42,8 +42,9 @@ def check_event_time(produced_at: dt.datetime, record_ms: int | None, now: dt.da
                      max_skew: dt.timedelta) -> tuple[DlqReason, str] | None:
     """None when the timestamps are within bounds, else the DLQ reason and why.
 
-    ``record_ms`` is the Kafka record timestamp (milliseconds since the epoch; None or negative
-    when unknown, e.g. a message not read from Kafka).
+    ``record_ms`` is the Kafka record timestamp (milliseconds since the epoch; None, 0 or negative
+    when unknown: a message not read from Kafka, or a record without a timestamp). A producer that
+    leaves it out is still bounded by the worker's clock.
 
     Examples
     --------
@@ -58,7 +59,7 @@ def check_event_time(produced_at: dt.datetime, record_ms: int | None, now: dt.da
     if produced_at > now + max_skew:
         return "event_time_future", (f"produced_at {produced_at.isoformat()} is later than the worker's clock "
                                      f"{now.isoformat()} by more than {max_skew.total_seconds():g} s")
-    if record_ms is not None and record_ms >= 0:
+    if record_ms is not None and record_ms > 0:
         record = dt.datetime.fromtimestamp(record_ms / 1000, dt.UTC)
         if record > now + max_skew:
             return "event_time_future", (f"the Kafka record timestamp {record.isoformat()} is later than the "
