@@ -59,11 +59,13 @@ def lines_table(run: RunResult) -> pd.DataFrame:
             rows.append({
                 "as_of": d.as_of.isoformat(), "enterprise_id": eid, "rating": score.rating,
                 "rating_known": score.rating_known, "default_probability": score.default_probability,
+                "challenger_default_probability": score.challenger_default_probability,
                 "segment": score.segment, "industry": score.industry,
                 "amount_yuan": line.amount_yuan if line else 0.0, "rate": line.rate if line else 0.0,
                 "expected_profit_yuan": line.expected_profit_yuan if line else 0.0,
                 "reasons": ";".join(line.reasons) if line else "",
                 "change_reasons": ";".join(line.change_reasons) if line else "",
+                "risk_factors": " | ".join(score.risk_factors),
             })
     return pd.DataFrame(rows)
 
@@ -324,8 +326,10 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
         "retention. Baselines on the same scores and budget: paper 000's rules (A/B/C at 5.45/5.85/6.25%, D "
         f"nothing) and lending the same amount to every non-D enterprise at a flat {cfg.flat_rate:.2%}. "
         "<b>Label caveat</b>: ratings and defaults are known for the 123 labeled enterprises only, as of the "
-        "data set's end, not per date; the model was fitted on the same labels, so these figures are "
-        "in-sample. Because defaults concentrate in rating D, a model given the known rating separates "
+        "data set's end, not per date. The default model is cross-fitted: each labeled enterprise is scored "
+        "by the bundle member that never saw its label, so realised figures are out-of-sample for the default "
+        "model (the per-rating rates inside it and the segments come from the other members' labels). lines.csv "
+        "carries the per-rating-rate challenger, scored in shadow, and each enterprise's risk factors. Because defaults concentrate in rating D, a model given the known rating separates "
         "defaulters almost trivially; the <i>rating hidden</i> curves score the same labeled enterprises "
         "with their ratings withheld, so the model must rate them itself, as it does for unrated clients.</p>",
         "<h2>Summary per as-of date</h2>", _table_html(summary), "<p class='note'>summary.csv</p>",
