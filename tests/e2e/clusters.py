@@ -86,7 +86,7 @@ class LocalCluster:
         shutil.rmtree(self.var, ignore_errors=True)
 
 
-def start_cluster(service: str, name: str) -> LocalCluster | str:
+def start_cluster(service: str, name: str, extra_env: dict[str, str] | None = None) -> LocalCluster | str:
     """Start the cluster; returns it, or the reason it could not start (the caller skips with it)."""
     if shutil.which("java") is None and service == "kafka":
         return "java is not installed (scripts/services installs it with apt-get when run as root)"
@@ -105,6 +105,7 @@ def start_cluster(service: str, name: str) -> LocalCluster | str:
         nodes = 6  # three masters, one replica each
         base = free_port_block(nodes)
         env.update({"RISKMON_REDIS_CLUSTER": "3", "RISKMON_REDIS_CLUSTER_REPLICAS": "1", "RISKMON_REDIS_PORT": str(base)})
+    env.update(extra_env or {})
     cluster = LocalCluster(service, env, var, nodes, base)
     t0 = time.monotonic()
     try:

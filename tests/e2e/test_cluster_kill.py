@@ -210,3 +210,95 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
         "bad_messages_acked_after_s": round(bad_acked_s, 1), "dead_lettered": len(dead),
         "allocations_after_kill": len(after_kill), "cluster_start_s": round(kafka_cluster.started_s, 1),
     })
+
+
+# ----------------------------------------------------------------------------- Redis Cluster
+
+
+@pytest.fixture(params=["everysec", "always"])
+def redis_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    fsync = str(request.param)
+    cluster = start_cluster("redis", f"redis3-{fsync}", {"RISKMON_REDIS_APPENDFSYNC": fsync})
+    if isinstance(cluster, str):
+        pytest.skip(f"Redis Cluster could not start: {cluster}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _write_through_master_kill(cluster: LocalCluster, rc: redis.RedisCluster, tag: str, *, wait_replica: bool,
+                               kill_after_s: float = 1.5) -> dict[str, object]:
+    """SADD event ids to one hash-tagged key, SIGKILL its master after ``kill_after_s``, write on through the failover.
+
+    A write counts as acknowledged when SADD returned (and, with ``wait_replica``, when ``WAIT 1``
+    confirmed a replica has it). Returns what was acknowledged before the kill and lost after it.
+    """
+    key = f"killtest:{{{tag}}}:seen"
+    victim = rc.get_node_from_key(key)
+    victim_index = int(victim.port) - cluster.base_port + 1
+    acked_before: list[str] = []
+    errors = 0
+    t_kill: float | None = None
+    t_resumed: float | None = None
+    start = time.monotonic()
+    i = 0
+    while t_resumed is None or time.monotonic() - t_resumed < 0.5:
+        now = time.monotonic()
+        if t_kill is None and now - start >= kill_after_s:
+            cluster.sigkill(victim_index)
+            t_kill = now
+        if t_kill is not None and now - t_kill > 60:
+            raise AssertionError(f"no write accepted within 60 s of killing the master of {key} ({errors} errors)")
+        i += 1
+        event_id = f"ev-{i}"
+        try:
+            pipe = rc.get_node_from_key(key).redis_connection.pipeline(transaction=False)
+            pipe.sadd(key, event_id)
+            if wait_replica:
+                pipe.execute_command("WAIT", 1, 1000)
+            replies = pipe.execute()
+        except redis.RedisError:
+            errors += 1
+            time.sleep(0.05)
+            try:
+                rc.nodes_manager.initialize()  # learn the new slot owner once the replica is promoted
+            except redis.RedisError:
+                pass
+            continue
+        if t_kill is None:
+            if not wait_replica or int(replies[1]) >= 1:
+                acked_before.append(event_id)
+        elif t_resumed is None:
+            t_resumed = time.monotonic()
+    members = {m.decode() for m in rc.smembers(key)}
+    new_master = rc.get_node_from_key(key)
+    return {"acked_before_kill": len(acked_before), "lost": len(set(acked_before) - members),
+            "pause_s": round((t_resumed or 0) - (t_kill or 0), 2), "errors": errors,
+            "failed_over": new_master.port != victim.port, "killed_node": victim_index}
+
+
+def test_sigkill_one_redis_master_replica_takes_over(redis_cluster: LocalCluster) -> None:
+    fsync = redis_cluster.env["RISKMON_REDIS_APPENDFSYNC"]
+    rc = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.base_port, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        slots = {rc.keyslot(f"{{{t}}}") for t in ("E1", "E2")}
+        masters = {rc.get_node_from_key(f"x:{{{t}}}").port for t in ("E1", "E2")}
+        assert len(masters) == 2, f"E1 and E2 hash to one master ({slots}); pick other tags"
+        plain = _write_through_master_kill(redis_cluster, rc, "E1", wait_replica=False)
+        waited = _write_through_master_kill(redis_cluster, rc, "E2", wait_replica=True)
+        # a killed node comes back through the same script and rejoins as a replica
+        up = redis_cluster.run("up", "redis", timeout_s=120)
+        assert up.returncode == 0, up.stderr
+        status = redis_cluster.status()
+    finally:
+        rc.close()
+    assert plain["failed_over"] and waited["failed_over"]
+    assert waited["lost"] == 0  # WAIT 1: a write a replica confirmed survives its master's SIGKILL
+    assert plain["acked_before_kill"] and waited["acked_before_kill"]  # type: ignore[truthy-bool]
+    assert status.count("cluster ok") == redis_cluster.nodes, status
+    _report(f"cluster-kill-redis-{fsync}", {
+        "appendfsync": fsync, "node_timeout_ms": 3000,
+        "no_wait_acked": plain["acked_before_kill"], "no_wait_lost": plain["lost"], "no_wait_pause_s": plain["pause_s"],
+        "wait1_acked": waited["acked_before_kill"], "wait1_lost": waited["lost"], "wait1_pause_s": waited["pause_s"],
+        "cluster_start_s": round(redis_cluster.started_s, 1)})
