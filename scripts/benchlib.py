@@ -97,15 +97,17 @@ def load_invoice_records(
 
 
 async def create_topic(
-    bootstrap: str, topic: str, partitions: int = 4, config: dict[str, str] | None = None, timeout_s: float = 30.0
+    bootstrap: str, topic: str, partitions: int = 4, config: dict[str, str] | None = None, timeout_s: float = 30.0,
+    replication: int = 1,
 ) -> None:
-    """Create ``topic`` and wait until each partition has a leader (:func:`streams.adapters.kafka.create_topics`)."""
+    """Create ``topic`` (``replication`` copies of each partition) and wait until each partition has a leader
+    (:func:`streams.adapters.kafka.create_topics`)."""
     from aiokafka.admin import NewTopic
 
     from streams.adapters.kafka import create_topics
     from streams.settings import KafkaSettings
 
-    spec = NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config or {})
+    spec = NewTopic(topic, num_partitions=partitions, replication_factor=replication, topic_configs=config or {})
     await create_topics(KafkaSettings(bootstrap=bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
 
 

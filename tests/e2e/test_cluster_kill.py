@@ -6,6 +6,11 @@
   is applied or dead-lettered (three bad messages are sent while the broker is down), credit lines
   are still published, and the longest pause in applied invoices is reported.
 
+* One master of a Redis Cluster (three masters, one replica each) is SIGKILLed while a worker on
+  ``redis+cluster://`` folds a replay; its replica takes over and the same checks hold. Separately,
+  at the Redis level, what a master's SIGKILL loses with ``appendfsync everysec`` and ``always``,
+  with and without ``WAIT 1``.
+
 The cluster gets its own ports and state folder and is deleted afterwards. If it cannot start
 (no Java, no free ports), the test is skipped with the reason.
 """
@@ -25,12 +30,13 @@ import pytest
 import redis
 
 from streams.adapters.kafka import client_kwargs, ensure_topics, make_producer
-from streams.adapters.redis_store import RedisFeatureStore
+from streams.adapters.redis_store import RedisFeatureStore, connect
+from streams.errors import StreamError
 from streams.events import AllocationSummary, CreditLine, DeadLetter, InvoiceEvent
 from streams.features.fold import fold_all
 from streams.pipeline import Source, ingest
 from streams.replay import ReplayRecord, replay_records
-from streams.settings import KafkaSettings
+from streams.settings import KafkaSettings, RedisSettings
 from tests.bundle_fixture import get_test_bundle
 from tests.e2e.clusters import LocalCluster, start_cluster
 from tests.e2e.harness import ROOT, Deployment, WorkerProcess, publish, read, wait_for
@@ -83,7 +89,7 @@ class _Progress:
         while not self._stop.is_set():
             try:
                 self.samples.append((time.monotonic(), self.count()))
-            except redis.RedisError:
+            except (redis.RedisError, StreamError):  # the store is failing over: no sample
                 pass
             self._stop.wait(0.1)
 
@@ -134,7 +140,15 @@ async def _send_raw(kafka: KafkaSettings, topic: str, values: tuple[bytes, ...])
 
 
 def _applied(client: redis.Redis, prefix: str) -> int:
-    return sum(client.scard(f"{prefix}:v1:{{{e}}}:seen") for e in SLICE)
+    return sum(s.n_events for s in RedisFeatureStore(client, prefix).load_many(list(SLICE)))
+
+
+def _assert_features_equal(client: redis.Redis, prefix: str, expected: dict) -> None:  # type: ignore[type-arg]
+    states = {s.enterprise_id: s for s in RedisFeatureStore(client, prefix).load_many(sorted(expected),
+                                                                                       with_counterparties=True)}
+    for eid, want in expected.items():
+        assert states[eid].counters == want.counters, eid
+        assert states[eid].counterparties == want.counterparties, eid
 
 
 def _report(name: str, data: dict[str, object]) -> None:
@@ -192,11 +206,7 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
         code = worker.stop()
     assert code == 0, worker.log_tail()
 
-    # features equal the batch fold
-    states = {s.enterprise_id: s for s in RedisFeatureStore(client, prefix).load_many(sorted(expected))}
-    for eid, want in expected.items():
-        assert states[eid].counters == want.counters, eid  # type: ignore[attr-defined]
-        assert states[eid].seen == want.seen, eid  # type: ignore[attr-defined]
+    _assert_features_equal(client, prefix, expected)
     # every message applied or dead-lettered: the valid ones are in the fold, the bad ones in the DLQ
     assert sorted(base64.b64decode(x.raw_base64) for x in dead) == sorted(BAD_MESSAGES)
     # credit lines keep being published after the kill, by the leader, from the survivors
@@ -302,3 +312,87 @@ def test_sigkill_one_redis_master_replica_takes_over(redis_cluster: LocalCluster
         "no_wait_acked": plain["acked_before_kill"], "no_wait_lost": plain["lost"], "no_wait_pause_s": plain["pause_s"],
         "wait1_acked": waited["acked_before_kill"], "wait1_lost": waited["lost"], "wait1_pause_s": waited["pause_s"],
         "cluster_start_s": round(redis_cluster.started_s, 1)})
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_for_worker() -> Iterator[LocalCluster]:
+    cluster = start_cluster("redis", "redis3-worker")
+    if isinstance(cluster, str):
+        pytest.skip(f"Redis Cluster could not start: {cluster}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_sigkill_one_redis_master_mid_replay(redis_cluster_for_worker: LocalCluster, records: list[ReplayRecord],
+                                             expected: dict, kafka_bootstrap: str, unique_name: str,  # type: ignore[type-arg]
+                                             topic_factory) -> None:  # type: ignore[no-untyped-def]
+    cluster = redis_cluster_for_worker
+    n_valid = sum(len(s.seen) for s in expected.values())  # type: ignore[attr-defined]
+    url = f"redis+cluster://127.0.0.1:{cluster.base_port}/0"
+    prefix = f"pytest-{unique_name[-8:]}"
+    d = Deployment(unique_name[:60], kafka_bootstrap, url, prefix, get_test_bundle(), interval_s=1.0)
+    t = d.topics()
+    for name, config in ((t.invoices, None), (t.dlq, None), (t.scores, {"cleanup.policy": "compact"}),
+                         (t.credit_lines, {"cleanup.policy": "compact"})):
+        topic_factory(partitions=d.partitions, config=config, name=name)
+    topic_factory(partitions=1, name=t.allocations)
+    client = connect(RedisSettings(url=url, socket_timeout_s=2.0))
+    _xfail_if_store_cannot_write(client, f"{prefix}-probe")
+    # the master holding most of the slice's enterprises
+    owners = Counter(int(client.get_node_from_key(f"x:{{{e}}}").port) for e in SLICE)
+    victim_port, n_owned = owners.most_common(1)[0]
+    victim = victim_port - cluster.base_port + 1
+    worker = WorkerProcess(d, "cluster-redis")
+    try:
+        worker.wait_ready(timeout_s=180)
+        with _Progress(lambda: _applied(client, prefix)) as progress:
+            publisher = threading.Thread(target=publish, args=(d, records), kwargs={"rate": 1500}, daemon=True)
+            publisher.start()
+            wait_for(lambda: _applied(client, prefix) >= n_valid // 3, 120, "a third applied", worker, every_s=0.05)
+            killed_at = time.monotonic()
+            killed_at_ms = time.time() * 1000
+            cluster.sigkill(victim)
+            publisher.join(240)
+            wait_for(lambda: _safe_applied(client, prefix) == n_valid, 240, "all invoices applied after the kill", worker)
+            pause_s = progress.longest_pause_s(killed_at, n_valid)
+        result = wait_for(lambda: (r := worker.allocate()) and r.get("ran") and r, 120, "a forced allocation", worker)
+        assert worker.proc.poll() is None
+        after_kill = [AllocationSummary.model_validate_json(v) for _, v, ts in read(d, t.allocations) if ts > killed_at_ms]
+        lines = {CreditLine.model_validate_json(v).enterprise_id for _, v, _ in read(d, t.credit_lines)}
+        health = worker.health() or {}
+        retries = next((float(line.split()[-1]) for line in worker.metrics().splitlines()
+                        if line.startswith("riskmon_store_retries_total ")), 0.0)
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log_tail()
+    _assert_features_equal(client, prefix, expected)
+    assert after_kill and after_kill[-1].allocation_id == result["summary"]["allocation_id"]
+    assert lines == set(SLICE)
+    _report("cluster-kill-redis-worker", {
+        "master_killed": victim, "slice_enterprises_on_it": n_owned, "invoices": n_valid,
+        "longest_pause_s": round(pause_s, 1), "allocations_after_kill": len(after_kill),
+        "store_retries": retries, "worker_status_after": health.get("status"),
+        "cluster_start_s": round(cluster.started_s, 1)})
+
+
+def _safe_applied(client: redis.Redis, prefix: str) -> int:
+    try:
+        return _applied(client, prefix)
+    except (redis.RedisError, StreamError):
+        return -1
+
+
+def _xfail_if_store_cannot_write(client: redis.RedisCluster, prefix: str) -> None:
+    """Known bug, found by this test: redis-py's ClusterPipeline refuses the pipelined EVALSHA of
+    ``RedisFeatureStore.apply_many``, so a worker on ``redis+cluster://`` crashes on its first batch.
+    Expected to fail while that holds; the rest of the test runs as soon as the store writes."""
+    from redis.exceptions import RedisClusterException
+
+    from streams.ports import DeltaItem
+
+    try:
+        RedisFeatureStore(client, prefix).apply_many([DeltaItem("E1", "probe-1", {"n_out": 1})])
+    except RedisClusterException as exc:
+        pytest.xfail(f"RedisFeatureStore cannot write to a Redis Cluster yet: {exc}")
