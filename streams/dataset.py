@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
+from models.schema import RATINGS
 from streams.events import InvoiceEvent, error_detail, reason_of
 
 #: The project's own copy of the data set (a fresh clone runs without ../shared).
@@ -112,6 +113,20 @@ def load_events(data_dir: Path = DEFAULT_DATA_DIR) -> tuple[list[InvoiceEvent], 
         (rejected if isinstance(item, RejectedRow) else events).append(item)  # type: ignore[arg-type]
     events.sort(key=lambda e: e.issue_date)  # stable: same-day events keep file order
     return events, rejected
+
+
+def parse_rating(value: object) -> str | None:
+    """A rating cell of ``enterprises.csv``: ``"A".."D"``, else None (empty, NA or anything else); the one rule.
+
+    Examples
+    --------
+    >>> [parse_rating(v) for v in ("A", "D", "", None, float("nan"), "E", " B")]
+    ['A', 'D', None, None, None, None, 'B']
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    return text if text in RATINGS else None
 
 
 def load_enterprises(data_dir: Path = DEFAULT_DATA_DIR) -> pd.DataFrame:

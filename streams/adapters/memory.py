@@ -163,12 +163,12 @@ class InMemoryRegistry:
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> InMemoryRegistry:
         """The enterprises of a data set folder (``enterprises.csv``)."""
-        from streams.dataset import load_enterprises
+        from streams.dataset import load_enterprises, parse_rating
 
         frame = load_enterprises(data_dir)
         infos = []
         for row in frame.itertuples(index=False):
-            rating = row.rating if isinstance(row.rating, str) and row.rating in ("A", "B", "C", "D") else None
+            rating = parse_rating(row.rating)
             infos.append(EnterpriseInfo(str(row.enterprise_id), str(row.name), rating))
         return cls(infos)
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from streams.dataset import parse_rating
+
 ChurnFn = Callable[[float, str], float]
 
 #: Paper 000's middle class rate (B), used as the flat rate of the lend-to-everyone baseline.
@@ -87,8 +89,9 @@ def outcomes_from_enterprises(frame: pd.DataFrame) -> dict[str, Outcome]:
     out: dict[str, Outcome] = {}
     for eid, rating, defaulted in zip(frame["enterprise_id"], frame["rating"].astype(object), frame["defaulted"],
                                       strict=True):
-        if isinstance(rating, str) and rating in ("A", "B", "C", "D") and defaulted == defaulted:
-            out[str(eid)] = Outcome(str(eid), rating, bool(int(defaulted)))
+        known = parse_rating(rating)
+        if known is not None and defaulted == defaulted:
+            out[str(eid)] = Outcome(str(eid), known, bool(int(defaulted)))
     return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES, SEQUENCE_CHANNELS, SEQUENCE_MONTHS
-from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events, load_enterprises
+from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events, load_enterprises, parse_rating
 from streams.events import InvoiceEvent
 from streams.features.fold import EnterpriseState, fold_all
 from streams.features.names import classify_name
@@ -111,7 +111,7 @@ def build_feature_table(
     states = fold_all(e for e in events_until(iter_events(data_dir), as_of) if e.enterprise_id in wanted)
     names = dict(zip(enterprises["enterprise_id"], enterprises["name"], strict=True))
     ratings: dict[str, str | None] = {
-        eid: (str(r) if isinstance(r, str) and r in ("A", "B", "C", "D") else None)
+        eid: parse_rating(r)
         for eid, r in zip(enterprises["enterprise_id"], enterprises["rating"].astype(object), strict=True)
     }
     defaulted = {

@@ -94,9 +94,15 @@ class WorkerProcess:
             cwd=ROOT, env=deployment.env(self.port), stdout=self._log, stderr=subprocess.STDOUT)
 
     def health(self) -> dict[str, Any] | None:
+        """The worker's /health body (also when it answers 503: degraded), or None when it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:  # noqa: S310
                 return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.loads(exc.read() or b"null")
+            except ValueError:
+                return None
         except (urllib.error.URLError, OSError, ValueError):
             return None
 

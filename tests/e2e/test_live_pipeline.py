@@ -155,7 +155,8 @@ def test_sigkill_mid_replay_then_restart_gives_exactly_the_undisturbed_features(
         assert at_kill < n_valid, "the worker finished before the kill; the test proves nothing"
         second = WorkerProcess(deployment, "second")
         wait_for(lambda: _applied(deployment) == n_valid, 120, "all invoices applied after restart", second)
-        time.sleep(1.0)  # anything still redelivered lands now, and must change nothing
+        # every redelivered message has been processed (and must change nothing) once the group's lag is 0
+        wait_for(lambda: _lag(deployment) == 0, 120, "every message committed", second)
         m = second.metrics()
     finally:
         if first.proc.poll() is None:
@@ -165,6 +166,15 @@ def test_sigkill_mid_replay_then_restart_gives_exactly_the_undisturbed_features(
     _assert_features_equal(deployment, expected)
     duplicates = _metric(m, 'riskmon_events_total{outcome="duplicate"}')
     print(f"\nkilled at {at_kill}/{n_valid} applied; the restarted worker saw {duplicates:.0f} redelivered duplicates")
+
+
+def _lag(d: Deployment) -> int:
+    import asyncio
+
+    from streams.adapters.kafka import group_lag
+
+    s = d.settings()
+    return asyncio.run(group_lag(s.kafka, s.topics.invoices, s.kafka.group_id))
 
 
 def _metric(text: str, name: str) -> float:
