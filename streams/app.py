@@ -45,7 +45,7 @@ from streams.drift import ScoreDriftWatch
 from streams.errors import PublishFailed, StreamError
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore
 from streams.metrics import Metrics
-from streams.pipeline import (Allocate, AllocationPolicy, ApplyResult, BatchOutcome, Fingerprint, Source,
+from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint, Source,
                               decide_allocation, merge_outcomes, poison_letter, process_batch)
 from streams.policy import IngestPolicy
 from streams.ports import BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
@@ -233,7 +233,7 @@ class WorkerCore:
         outcome = await self._process(messages)
         t1 = time.perf_counter()
         await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
-                            dead_letters=True)
+                            refused=_without_payload)
         await self._publish(self.outputs.scores, [(sc.enterprise_id, sc) for sc in outcome.scores])
         published_ms = time.time() * 1000
         m.batches.inc()
@@ -306,16 +306,19 @@ class WorkerCore:
             return outcome
 
     async def _publish(self, publisher: BatchPublisher[T], items: list[tuple[str, T]], *,
-                       dead_letters: bool = False) -> None:
-        """Publish until acknowledged; Kafka down means wait (degraded), never give up or skip."""
+                       refused: Callable[[T, Exception], T] | None = None) -> None:
+        """Publish until acknowledged; Kafka down means wait (degraded), never give up or skip.
+
+        ``refused`` rewrites the items after an error that retrying cannot fix (e.g. over the size limit).
+        """
         delay = BACKOFF_FIRST_S
         while items:
             try:
                 await publisher.publish_many(items)
             except PublishFailed as exc:
                 self.degrade("kafka", exc)
-                if dead_letters and not exc.retriable:  # e.g. over the size limit: keep the record, drop its bytes
-                    items = [(k, _without_payload(v, exc)) for k, v in items]  # type: ignore[arg-type]
+                if refused is not None and not exc.retriable:
+                    items = [(k, refused(v, exc)) for k, v in items]
                 delay = await self._backoff(delay)
                 continue
             self.recover("kafka")
@@ -332,7 +335,7 @@ class WorkerCore:
         async with self._allocating:
             ctx = self.ctx
 
-            def decide() -> Any:
+            def decide() -> AllocationStep | None:
                 return decide_allocation(
                     ctx.scores.all(), ctx.lines.all(), ctx.allocate, ctx.registry, ctx.policy(), now=ctx.clock(),
                     bundle_version=ctx.scorer.version, as_of=ctx.features.watermark(), features=ctx.features,
@@ -351,7 +354,11 @@ class WorkerCore:
             await self._publish(self.outputs.scores, [(x.enterprise_id, x) for x in step.refreshed])
             await self._publish(self.outputs.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
             await self._publish(self.outputs.allocations, [(outcome.summary.allocation_id, outcome.summary)])
-            await self._in_thread(lambda: (ctx.scores.put_many(step.refreshed), ctx.lines.put_many(outcome.changed)))
+            def remember() -> None:
+                ctx.scores.put_many(step.refreshed)
+                ctx.lines.put_many(outcome.changed)
+
+            await self._in_thread(remember)
             self._last_fingerprint = step.fingerprint
             m = ctx.metrics
             m.allocations.inc()
@@ -605,7 +612,7 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
 
     app.service(IngestService)
 
-    @app.timer(settings.allocator.interval_s, on_leader=True)
+    @app.timer(settings.allocator.interval_s, on_leader=True)  # type: ignore[untyped-decorator]
     async def allocate_timer() -> None:
         if ingest.core is not None:
             try:

@@ -165,7 +165,7 @@ class KafkaPublisher(Generic[T]):
         self.producer, self.topic = producer, topic
 
     async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
-        await publish_many(self.producer, self.topic, items)  # type: ignore[arg-type]  # T is a wire event
+        await publish_many(self.producer, self.topic, items)
 
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0,

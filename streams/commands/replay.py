@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Any
 
 from streams.cli import UserError, load_settings
 
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-async def publish(records: list, settings: object, topic: str, *, rate: float | None, speed: float | None,
+async def publish(records: list[Any], settings: object, topic: str, *, rate: float | None, speed: float | None,
                   progress: bool) -> float:
     """Send the records in order with the chosen pacing; returns the seconds spent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
