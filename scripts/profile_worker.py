@@ -5,6 +5,7 @@ Fills a fresh topic with the first ``--limit`` real invoices (event-time order),
 it under ``py-spy record`` (all threads, idle frames dropped), waits until the worker has processed
 every message, and prints the share of samples spent inside each stage of the hot path (a sample
 counts for every stage on its stack, so stages nest: ``process_batch`` contains ``ingest``, ...).
+Also reads the topic with a plain aiokafka consumer first (no decode; the same run's outside baseline).
 Writes the collapsed stacks (flame-graph input) and a JSON summary under ``artifacts/``.
 
     scripts/profile_worker.py --limit 200000 --bundle var/bundle
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     topic = f"{run}-invoices"
     asyncio.run(benchlib.create_topic(args.bootstrap, topic, 4))
     asyncio.run(benchlib.produce(args.bootstrap, topic, [(r.key.encode(), r.value) for r in records]))
+    # the outside baseline of the same run: a plain aiokafka consumer reading the same topic, no decode
+    baseline = asyncio.run(benchlib.consume_baseline(args.bootstrap, topic, len(records)))
     d = Deployment(run, args.bootstrap, args.redis, run, args.bundle, budget_yuan=100_000_000, interval_s=3600.0,
                    invoices_topic=topic)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         import redis
 
         clear_prefix(redis.Redis.from_url(args.redis), run)
-    summary = {"invoices": len(records), "seconds": round(seconds, 2), "invoices_per_s": round(len(records) / seconds),
+    rate = len(records) / seconds
+    summary = {"invoices": len(records), "seconds": round(seconds, 2), "invoices_per_s": round(rate),
+               "baseline_plain_aiokafka_msgs_per_s": baseline.msgs_per_s,
+               "ratio_worker_vs_plain": round(rate / baseline.msgs_per_s, 4),
+               "note": "the worker ran under py-spy (sampling, --nonblocking)",
                "load_average": os.getloadavg(), **summarise(collapsed)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -56,6 +56,7 @@ log = logging.getLogger("riskmon.worker")
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
+BROKER_UNREACHABLE = "no broker answers a metadata request"
 
 
 def utc_now() -> dt.datetime:
@@ -178,6 +179,8 @@ class WorkerCore:
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
         self.policy = IngestPolicy.from_settings(ctx.settings.ingest)
+        for component in ("store", "kafka"):  # the series exist (at 0) before anything fails
+            ctx.metrics.degraded.labels(component=component).set(0)
 
     # ------------------------------------------------------------------ lifecycle and state
 
@@ -570,13 +573,21 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
     async def health() -> dict[str, Any]:
         core = ingest.core
         watermark = None
-        degraded = dict(core.degraded) if core is not None else {}
+        degraded: dict[str, str] = {}
         try:
             watermark = await asyncio.get_running_loop().run_in_executor(None, ctx.features.watermark)
         except StreamError as exc:
-            degraded.setdefault("store", str(exc).splitlines()[0][:300])
-        if "kafka" not in degraded and not await _broker_answers(ingest.producer):
-            degraded["kafka"] = f"no broker of {settings.kafka.bootstrap} answers a metadata request"
+            degraded["store"] = str(exc).splitlines()[0][:300]
+        answers = await _broker_answers(ingest.producer)
+        if core is not None:  # an idle worker learns of an outage (and of its end) only here
+            unreachable = f"{BROKER_UNREACHABLE} ({settings.kafka.bootstrap})"
+            if not answers and "kafka" not in core.degraded:
+                core.degrade("kafka", unreachable)
+            elif answers and core.degraded.get("kafka") == unreachable:
+                core.recover("kafka")
+            degraded.update(core.degraded)
+        elif not answers:
+            degraded["kafka"] = BROKER_UNREACHABLE
         assigned = sorted(tp.partition for tp in ingest.consumer.assignment()) if ingest.consumer else []
         last = core.last_summary if core is not None else None
         return {"status": "degraded" if degraded else "ok", "degraded": degraded, "leader": app.is_leader(),

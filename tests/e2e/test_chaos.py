@@ -178,6 +178,10 @@ def test_redis_down_60s_mid_replay_worker_waits_degraded_and_resumes(
         t_down = time.monotonic()
         services("down", "redis")
         _until_degraded(worker, "store", 60)
+        # a batch is now waiting for Redis (the core's own gauge, not only /health's probe): from here on
+        # nothing may be committed
+        wait_for(lambda: 'riskmon_degraded{component="store"} 1.0' in worker.metrics(), 60,
+                 "a batch waiting for Redis", worker)
         lag_during = _lag(deployment)
         time.sleep(max(0.0, REDIS_DOWN_S - (time.monotonic() - t_down)))
         assert worker.proc.poll() is None, f"the worker died while Redis was down:\n{worker.log_tail()}"
