@@ -263,6 +263,27 @@ def _by_shard(ids: Sequence[str]) -> dict[int, list[str]]:
     return out
 
 
+class _Immediate:
+    """The part of a pipeline the feature store uses, sending each command at once (Redis Cluster)."""
+
+    def __init__(self, client: Any) -> None:
+        self._r = client
+        self._results: list[Any] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self._results.append(self._r.evalsha(*args))
+
+    def script_load(self, script: str) -> Any:
+        return self._r.script_load(script)
+
+    def sadd(self, key: str, *members: str) -> None:
+        self._results.append(self._r.sadd(key, *members))
+
+    def execute(self) -> list[Any]:
+        out, self._results = self._results, []
+        return out
+
+
 class RedisFeatureStore:
     """:class:`streams.ports.FeatureStore` on Redis (see the module docstring for the layout)."""
 
@@ -279,6 +300,12 @@ class RedisFeatureStore:
 
     def apply(self, enterprise_id: str, event_id: str, delta: Mapping[str, int], name: str | None = None) -> bool:
         return self.apply_many([DeltaItem(enterprise_id, event_id, delta, name)]).applied[0]
+
+    def _write_pipeline(self) -> Any:
+        # redis-py's cluster pipeline refuses EVALSHA: on a cluster each call goes to its slot's master at once
+        if isinstance(self._r, redis.cluster.RedisCluster):
+            return _Immediate(self._r)
+        return self._r.pipeline(transaction=False)
 
     def _call(self, pipe: Any, eid: str, fence: str | None, group: Sequence[DeltaItem], ceiling: int) -> None:
         name = next((item.name for item in group if item.name), None) or ""
@@ -308,7 +335,7 @@ class RedisFeatureStore:
         first = True
         for _attempt in range(4):
             with _translated("apply_many"):
-                pipe = self._r.pipeline(transaction=False)
+                pipe = self._write_pipeline()
                 for (eid, fence), indices in todo.items():
                     self._call(pipe, eid, fence, [items[i] for i in indices], ceilings.get((eid, fence), -1))
                 if first:
