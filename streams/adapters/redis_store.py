@@ -438,7 +438,7 @@ class RedisFeatureStore:
 
     def latest_dates(self, n: int) -> list[tuple[str, dt.date]]:
         with _translated("latest_dates"):
-            rows: list[tuple[bytes, float]] = self._r.zrevrange(  # type: ignore[assignment]
+            rows: list[tuple[bytes, float]] = self._r.zrevrange(
                 self._latest_key, 0, max(0, n - 1), withscores=True)
         out = []
         for member, score in rows:
