@@ -84,7 +84,7 @@ def decode_invoice(raw: bytes) -> InvoiceEvent | None:
     has_name = w.enterprise_name is not msgspec.UNSET
     if _maybe_duplicate(raw, 11 + has_version + has_name):  # a duplicate key, or a key msgspec did not see
         return None
-    name = w.enterprise_name if has_name else None
+    name = w.enterprise_name if isinstance(w.enterprise_name, str) else None
     if name is not None and name != name.strip():
         return None
     try:  # the schema's own rules (one home): pydantic runs the very same functions
