@@ -60,8 +60,13 @@ kafka_cluster_node_overrides() {
 # ---- cluster node $i of $KAFKA_BROKERS (scripts/services.d/kafka-cluster.sh) ----
 node.id=$i
 controller.quorum.voters=$(kafka_cluster_voters)
+# plaintext on loopback (a development setting), whatever security the single-node template carries
 listeners=PLAINTEXT://$HOST:$port,CONTROLLER://$HOST:$cport
 advertised.listeners=PLAINTEXT://$HOST:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+authorizer.class.name=
 log.dirs=$(kafka_node_dir "$i")/data
 default.replication.factor=$rf
 offsets.topic.replication.factor=$rf
