@@ -45,6 +45,7 @@ STAGES = (
     ("rescore: features + model", "rescore"),
     ("build_batch: feature vectors", "build_batch"),
     ("score_many: torch + segments", "score_many"),
+    ("attributions (captum gradients)", "compute_gradients"),
     ("scores.put_many (Redis)", "put_many"),
     ("publish_many (Kafka)", "publish_many"),
     ("aiokafka fetch/getmany", "getmany"),
@@ -63,7 +64,7 @@ def summarise(collapsed: Path) -> dict[str, object]:
         n = int(count_s)
         total += n
         frames = stack.split(";")
-        names = {f.split(" (")[0].strip() for f in frames}
+        names = {f.split(" (")[0].strip().rpartition(".")[2] for f in frames}  # "Class.method" -> "method"
         for _, fn in STAGES:
             if fn in names:
                 inside[fn] += n
@@ -74,6 +75,9 @@ def summarise(collapsed: Path) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--summarise":  # re-read a run's stacks
+        print(json.dumps(summarise(Path(sys.argv[2])), indent=2))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=200_000)
     ap.add_argument("--bundle", type=Path, default=REPO / "var" / "bundle")
