@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.calibration import Platt
+from models.calibration import Platt, RatingStack
 from models.cleaning import Preprocessor
-from models.crossfit import DefaultMember, RatingStack, folds_hash, member_weights
+from models.crossfit import DefaultMember, folds_hash, member_weights
 from models.default_net import DefaultNet, DefaultNetConfig
 from models.errors import BundleError
 from models.rating_cnn import RatingCNN, RatingCNNConfig
@@ -188,7 +188,7 @@ class ModelBundle:
             rows = np.flatnonzero(out.weights[:, k] > 0)
             if len(rows) == 0:
                 continue
-            cols = [NUMERIC_FEATURES.index(c) for c in m.selected]
+            cols = np.array([NUMERIC_FEATURES.index(c) for c in m.selected], dtype=np.int64)
             rating_vec = torch.as_tensor(np.where(known[rows, None], known_vec[rows], out.rating_probabilities[k, rows]))
             attr = integrated_gradients(m.default.rated_torch, cleaned[np.ix_(rows, cols)], reference[cols], rating_vec)
             total[np.ix_(rows, cols)] += out.weights[rows, k][:, None] * attr
