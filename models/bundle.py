@@ -38,7 +38,6 @@ Scoring path (:meth:`ModelBundle.score_many`), per member:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from collections.abc import Mapping, Sequence
@@ -58,6 +57,7 @@ from models.rating_cnn import RatingCNN, RatingCNNConfig
 from models.schema import NUMERIC_FEATURES, RATINGS, SEQUENCE_CHANNELS, SEQUENCE_MONTHS, schema_dict, schema_hash
 from models.scoring import Score, ScoringBatch
 from models.segments import Segmenter
+from models.signing import DEFAULT_KEY, content_version, public_key_path, sha256_file, sign_bundle, verify_bundle
 
 BUNDLE_FORMAT = 2
 MANIFEST = "manifest.json"
@@ -67,10 +67,6 @@ MEMBER_FILES = {"net_invoice": "net_invoice.pt", "net_rated": "net_rated.pt", "c
 def member_file(k: int, key: str) -> str:
     """File name of member ``k``'s weights for ``key`` (a key of :data:`MEMBER_FILES`)."""
     return f"member{k}_{MEMBER_FILES[key]}"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +224,13 @@ class ModelBundle:
 def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence[str], members: Sequence[Member],
                 folds: Sequence[Sequence[str]], segmenter: Segmenter, data_hash: str,
                 metrics_summary: Mapping[str, Any], extra: Mapping[str, Any] | None = None,
-                crossfit: Mapping[str, Any] | None = None) -> Path:
-    """Write a bundle directory (created if needed) and return it."""
+                crossfit: Mapping[str, Any] | None = None, signing_key: Path | None = None) -> Path:
+    """Write a bundle directory (created if needed), sign it and return it.
+
+    The version covers the whole manifest (which lists the sha256 of every weights file); the
+    signature is made with ``signing_key`` (default ``var/keys/bundle-signing.key``, created when
+    missing), see :mod:`models.signing`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -240,15 +241,11 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
         for key, module in modules.items():
             path = out_dir / member_file(k, key)
             torch.save(module.state_dict(), path)
-            files[path.name] = _sha256(path)
+            files[path.name] = sha256_file(path)
         entries.append(_member_entry(m, k, folds[k]))
     folds_list = [list(f) for f in folds]
-    # the version names what scores: the weights, the maps and the fold membership
-    identity = {"files": files, "maps": [e["maps"] for e in entries], "folds": folds_hash(folds_list)}
-    version = f"{BUNDLE_FORMAT}-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     manifest: dict[str, Any] = {
         "bundle_format": BUNDLE_FORMAT,
-        "version": version,
         "data_hash": data_hash,
         "schema": schema_dict(),
         "schema_hash": schema_hash(),
@@ -266,7 +263,11 @@ def save_bundle(out_dir: Path, *, preprocessor: Preprocessor, selected: Sequence
     }
     if extra:
         manifest.update(extra)
+    # the version names the whole manifest (weights, maps, fold membership, ...), and through its sha256
+    # entries every file (models.signing)
+    manifest = {"bundle_format": BUNDLE_FORMAT, "version": content_version(manifest, BUNDLE_FORMAT), **manifest}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    sign_bundle(out_dir, signing_key or DEFAULT_KEY)
     return out_dir
 
 
@@ -288,7 +289,7 @@ def _member_entry(m: Member, k: int, fold: Sequence[str]) -> dict[str, Any]:
 def _load_state(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BundleError("missing weights file", path)
-    if expected_sha is not None and _sha256(path) != expected_sha:
+    if expected_sha is not None and sha256_file(path) != expected_sha:
         raise BundleError("corrupt weights: sha256 differs from the manifest", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -299,13 +300,18 @@ def _load_state(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]
     return state
 
 
-def load_bundle(bundle_dir: Path | str) -> ModelBundle:
+def load_bundle(bundle_dir: Path | str, *, public_key: Path | None = None, accept_unsigned: bool = False) -> ModelBundle:
     """Load and check a bundle; every problem raises :class:`BundleError` naming the file.
+
+    The signature is checked first against the trusted ``public_key`` (default
+    ``var/keys/bundle-signing.pub``), then the content version and every listed file's sha256
+    (:func:`models.signing.verify_bundle`). An unsigned bundle is refused unless ``accept_unsigned``.
 
     Raises
     ------
     BundleError
-        Missing directory or file, unreadable manifest, other bundle format, schema hash
+        Missing or wrong signature, version or sha256 that do not match the content, missing
+        directory or file, unreadable manifest, other bundle format, schema hash
         mismatch (the bundle was trained on other feature columns), corrupt weights or
         weights whose shapes do not fit the manifest.
     """
@@ -315,10 +321,8 @@ def load_bundle(bundle_dir: Path | str) -> ModelBundle:
         raise BundleError("bundle directory not found", bundle_dir)
     if not path.is_file():
         raise BundleError("missing manifest", path)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"unreadable manifest: {exc}", path) from exc
+    manifest = verify_bundle(bundle_dir, public_key or public_key_path(DEFAULT_KEY),
+                             accept_unsigned=accept_unsigned).manifest
     if not isinstance(manifest, dict) or manifest.get("bundle_format") != BUNDLE_FORMAT:
         raise BundleError(f"bundle format {manifest.get('bundle_format') if isinstance(manifest, dict) else '?'}"
                           f" is not {BUNDLE_FORMAT}", path)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Member, ModelBundle, load_bundle, save_bundle
+from models.signing import DEFAULT_KEY, public_key_path
 from models.cleaning import Preprocessor
 from models.crossfit import RATE_PRIOR_STRENGTH, assign_folds, fit_default_member, rating_rates
 from models.default_net import DefaultNetConfig
@@ -127,8 +128,11 @@ def _rating_index(ratings: Sequence[str | None], rows: np.ndarray) -> np.ndarray
 
 
 def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig(),
-          holdout: Collection[str] = (), progress: Progress = _noop) -> TrainResult:
-    """Fit everything on the non-holdout rows, evaluate, and write the bundle to ``out_dir``."""
+          holdout: Collection[str] = (), progress: Progress = _noop, signing_key: Path | None = None) -> TrainResult:
+    """Fit everything on the non-holdout rows, evaluate, and write the bundle to ``out_dir``.
+
+    The bundle is signed with ``signing_key`` (default: :data:`models.signing.DEFAULT_KEY`).
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     seed = config.seed
@@ -236,8 +240,9 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
                              segmenter=segmenter, data_hash=data.content_hash(), metrics_summary=summary,
                              crossfit={"stratified_by": "rating", "inner_splits": cfg.inner_splits,
                                        "rate_prior_strength": RATE_PRIOR_STRENGTH},
-                             extra={"seed": seed, "holdout_ids": sorted(set(holdout) & set(ids))})
-    bundle = load_bundle(bundle_dir)
+                             extra={"seed": seed, "holdout_ids": sorted(set(holdout) & set(ids))},
+                             signing_key=signing_key)
+    bundle = load_bundle(bundle_dir, public_key=public_key_path(signing_key or DEFAULT_KEY))
 
     # --- holdout ------------------------------------------------------------------------------
     hold_lab = np.flatnonzero(labeled & hold)

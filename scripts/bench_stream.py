@@ -118,7 +118,7 @@ async def delete_run_topics(bootstrap: str, prefix: str) -> None:
     """The per-deployment topics the workers created (scores, lines, DLQ, faust's leader topic)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**benchlib.kafka_kwargs(bootstrap))
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -132,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, help="only the first N invoices in event-time order (default: all)")
     parser.add_argument("--bundle", type=Path, default=REPO / "var" / "bundle")
-    parser.add_argument("--bootstrap", default=os.environ.get("RISKMON_KAFKA__BOOTSTRAP", "127.0.0.1:9092"))
-    parser.add_argument("--redis", default=os.environ.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0"))
+    from streams.settings import Settings
+
+    settings = Settings()  # the project's client settings: credentials from the env and the services' file
+    parser.add_argument("--bootstrap", default=settings.kafka.bootstrap)
+    parser.add_argument("--redis", default=settings.redis.url)
     parser.add_argument("--freshness-rate", type=float, default=1000.0)
     parser.add_argument("--freshness-s", type=float, default=30.0)
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: full,baseline,one,two,fresh")
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no bundle at {args.bundle}: riskmon train --out {args.bundle}", file=sys.stderr)
         return 2
     run_id = uuid.uuid4().hex[:6]
-    client = redis.Redis.from_url(args.redis)
+    from streams.adapters.redis_store import connect
+
+    client = connect(settings.redis.model_copy(update={"url": args.redis}))
     t = time.perf_counter()
     records = replay_records(DEFAULT_DATA_DIR)
     if args.limit:

@@ -9,6 +9,10 @@ Importable by path from other benchmark scripts::
     produced = asyncio.run(benchlib.produce(bootstrap, topic, records))
     baseline = asyncio.run(benchlib.consume_baseline(bootstrap, topic))   # plain aiokafka consumer
 
+Every client is built from the project's Kafka settings (:func:`kafka_kwargs`: SASL/TLS from the
+``RISKMON_*`` environment and the services' credentials file, as every riskmon command), so the
+benchmarks run against the locked-down services as they are.
+
 Messages are the real invoices as JSON :class:`streams.events.InvoiceEvent` (``model_dump_json``),
 keyed by enterprise id and partitioned with Kafka's default murmur2 partitioner, exactly as a keyed
 ``AIOKafkaProducer.send`` would place them.
@@ -30,6 +34,30 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE_DIR = REPO / "var" / "bench"
 
 Record = tuple[bytes, bytes]
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def kafka_settings(bootstrap: str) -> Any:
+    """The project's KafkaSettings (SASL/TLS from the environment and the credentials file) at ``bootstrap``.
+
+    Another broker than the one the settings name (e.g. the three-broker cluster started for a
+    benchmark) gets plain settings: the credentials file's lines are not for it.
+    """
+    from streams.settings import KafkaSettings, Settings
+
+    kafka = Settings().kafka
+    if bootstrap.split(",")[0].strip() != kafka.bootstrap.split(",")[0].strip():
+        return KafkaSettings(bootstrap=bootstrap)
+    return kafka.model_copy(update={"bootstrap": bootstrap})
+
+
+def kafka_kwargs(bootstrap: str) -> dict[str, Any]:
+    """aiokafka keyword arguments for ``bootstrap`` with the project's security settings (client_kwargs)."""
+    from streams.adapters.kafka import client_kwargs
+
+    return client_kwargs(kafka_settings(bootstrap))
 
 
 # ----------------------------------------------------------------------------- the real invoices
@@ -105,16 +133,15 @@ async def create_topic(
     from aiokafka.admin import NewTopic
 
     from streams.adapters.kafka import create_topics
-    from streams.settings import KafkaSettings
 
     spec = NewTopic(topic, num_partitions=partitions, replication_factor=replication, topic_configs=config or {})
-    await create_topics(KafkaSettings(bootstrap=bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
+    await create_topics(kafka_settings(bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
 
 
 async def delete_topic(bootstrap: str, topic: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
     await admin.start()
     try:
         await admin.delete_topics([topic])
@@ -161,7 +188,7 @@ async def produce(
     from aiokafka.partitioner import DefaultPartitioner
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka_kwargs(bootstrap),
         acks=acks,
         compression_type=compression,
         max_batch_size=batch_bytes,
@@ -237,7 +264,7 @@ async def end_offsets_total(bootstrap: str, topic: str) -> int:
     """How many messages ``topic`` holds (sum of end offsets minus beginning offsets)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **kafka_kwargs(bootstrap))
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -281,7 +308,7 @@ async def consume_baseline(
         validate = InvoiceEvent.model_validate_json
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka_kwargs(bootstrap),
         group_id=group_id or f"bench-baseline-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=True,
@@ -347,7 +374,7 @@ def _partition_reader(
     async def read() -> tuple[int, int, float, float]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, **kafka_kwargs(bootstrap))
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in partitions]
@@ -421,7 +448,7 @@ def parallel_baseline(bootstrap: str, topic: str, consumers: int, timeout_s: flo
 async def _partition_ids(bootstrap: str, topic: str) -> list[int]:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
     await admin.start()
     try:
         [desc] = await admin.describe_topics([topic])

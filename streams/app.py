@@ -531,7 +531,8 @@ def build_context(settings: Settings) -> WorkerContext:
     registry = RedisRegistry(client, prefix)
     source = InMemoryRegistry.from_data_dir(settings.data_dir)
     registry.put_many([info for e in sorted(source.enterprise_ids()) if (info := source.get(e)) is not None])
-    scorer = load_bundle(settings.bundle_dir)
+    scorer = load_bundle(settings.bundle_dir, public_key=settings.bundle_public_key,
+                         accept_unsigned=settings.accept_unsigned_bundles)
     churn = ChurnCurves.from_csv(settings.data_dir / "churn.csv")
     from streams.adapters.cached import CachedFeatureStore
 
@@ -603,7 +604,8 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
         summary = await ingest.core.allocate(force=True)
         return {"ran": summary is not None, "summary": summary.model_dump(mode="json") if summary else None}
 
-    server = HealthServer(settings.worker.metrics_port, ctx.metrics, health, allocate_now) \
+    token = settings.worker.http_token.get_secret_value() if settings.worker.http_token else None
+    server = HealthServer(settings.worker.metrics_port, ctx.metrics, health, allocate_now, token=token) \
         if settings.worker.metrics_port else None
 
     class IngestService(mode.Service):

@@ -12,7 +12,8 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import streams.commands
 
@@ -35,6 +36,27 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise UserError(f"invalid RISKMON_ settings: {first['loc']}: {first['msg']}") from None
+
+
+def add_bundle_trust_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--public-key`` and ``--accept-unsigned-bundle``, for every command that loads a bundle."""
+    parser.add_argument("--public-key", type=Path, default=None,
+                        help="trusted Ed25519 public key of the bundle's signer (default: RISKMON_BUNDLE_PUBLIC_KEY, "
+                             "var/keys/bundle-signing.pub)")
+    parser.add_argument("--accept-unsigned-bundle", action="store_true",
+                        help="load a bundle that has no signature (development only; RISKMON_ACCEPT_UNSIGNED_BUNDLES=true)")
+
+
+def load_trusted_bundle(args: argparse.Namespace) -> Any:
+    """``load_bundle(args.bundle)`` with the signature policy of the flags and settings.
+
+    Raises :class:`models.errors.ModelError` (callers turn it into their one-line error).
+    """
+    from models.bundle import load_bundle
+
+    settings = load_settings()
+    return load_bundle(args.bundle, public_key=args.public_key or settings.bundle_public_key,
+                       accept_unsigned=bool(args.accept_unsigned_bundle or settings.accept_unsigned_bundles))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,16 @@ Nested fields use ``__``: ``RISKMON_KAFKA__BOOTSTRAP=host:9092``,
 ``RISKMON_REDIS__URL=redis://host:6379/0`` (``redis+cluster://host:7000/0`` for a Redis Cluster), ``RISKMON_ALLOCATOR__BUDGET_YUAN=1e8``,
 ``RISKMON_TOPICS__INVOICES=invoices``. Secrets are :class:`~pydantic.SecretStr`.
 
+**Credentials file.** ``scripts/services up`` writes the generated credentials of the local, locked
+down services (Kafka SASL/SCRAM over TLS, Redis ACL user, the worker's HTTP token) into
+``var/services/credentials.env`` (mode 0600, ``RISKMON_...=value`` lines). The settings read it by
+themselves, below the environment: path ``RISKMON_CREDENTIALS_FILE``, else
+``$RISKMON_VAR/credentials.env``, else ``<repo>/var/services/credentials.env``; used only when present.
+Its Kafka values apply only when the environment names no other broker and sets no
+``RISKMON_KAFKA__SECURITY_PROTOCOL``; its Redis values only when the environment names no other Redis
+and sets no Redis password (:class:`CredentialsFileSource`). An explicit ``_env_prefix`` other than
+``RISKMON_`` (tests that want no environment) ignores the file too.
+
 Examples
 --------
 >>> s = Settings(_env_prefix="NOPE_")
@@ -15,11 +25,14 @@ Examples
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streams.dataset import DEFAULT_DATA_DIR
 from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS
@@ -89,6 +102,8 @@ class WorkerSettings(_Section):
     web_port: int = Field(default=6066, ge=1, le=65535)  # faust's own web server (/health lives here too)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int = Field(default=1, ge=1)  # small batches: one thread is ~15x faster than two here
+    # bearer token for state-changing HTTP endpoints (POST /allocate); None: those endpoints answer 403
+    http_token: SecretStr | None = None
 
 
 class IngestSettings(_Section):
@@ -129,5 +144,95 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     allocator: AllocatorSettings = AllocatorSettings()
     bundle_dir: Path = _ROOT / "var" / "bundle"
+    bundle_signing_key: Path = _ROOT / "var" / "keys" / "bundle-signing.key"  # `riskmon train` signs with it
+    bundle_public_key: Path = _ROOT / "var" / "keys" / "bundle-signing.pub"  # loaders trust only this key
+    accept_unsigned_bundles: bool = False  # load bundles without a signature (development only)
+    credentials_file: Path | None = None  # read by CredentialsFileSource; here so that the name is known
     data_dir: Path = DEFAULT_DATA_DIR
     state_dir: Path = _ROOT / "var" / "faust"
+
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        prefix = getattr(env_settings, "env_prefix", "RISKMON_")
+        return init_settings, env_settings, CredentialsFileSource(settings_cls, prefix), dotenv_settings, file_secret_settings
+
+
+def credentials_path(environ: Any = None) -> Path:
+    """Where the generated credentials of the local services are (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    if env.get("RISKMON_CREDENTIALS_FILE"):
+        return Path(env["RISKMON_CREDENTIALS_FILE"])
+    if env.get("RISKMON_VAR"):
+        return Path(env["RISKMON_VAR"]) / "credentials.env"
+    return _ROOT / "var" / "services" / "credentials.env"
+
+
+def _hostport(address: str) -> str:
+    return address.split(",")[0].strip()
+
+
+def _redis_hostport(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+class CredentialsFileSource(PydanticBaseSettingsSource):
+    """Values from the services' credentials file, below the environment (``RISKMON_`` prefix only).
+
+    A section is taken only when it belongs to the services the environment points at: the Kafka
+    lines when ``RISKMON_KAFKA__BOOTSTRAP`` is unset or names the file's broker and
+    ``RISKMON_KAFKA__SECURITY_PROTOCOL`` is unset; the Redis lines when ``RISKMON_REDIS__URL`` is unset
+    or names the file's host and port and no Redis password is set; the worker's HTTP token
+    when ``RISKMON_WORKER__HTTP_TOKEN`` is unset. Unknown lines are ignored (the file also holds the
+    other principals, for tools and tests).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "c.env"
+    >>> _ = f.write_text("RISKMON_KAFKA__BOOTSTRAP=127.0.0.1:9\\nRISKMON_KAFKA__SASL_USERNAME=w\\n")
+    >>> CredentialsFileSource.values(f, {})["kafka"]
+    {'bootstrap': '127.0.0.1:9', 'sasl_username': 'w'}
+    >>> CredentialsFileSource.values(f, {"RISKMON_KAFKA__BOOTSTRAP": "elsewhere:9092"})
+    {}
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], prefix: str) -> None:
+        super().__init__(settings_cls)
+        self._prefix = prefix
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self._prefix != "RISKMON_":
+            return {}
+        return self.values(credentials_path(), os.environ)
+
+    @staticmethod
+    def values(path: Path, environ: Any) -> dict[str, Any]:
+        """The nested settings the file at ``path`` contributes, given the environment ``environ``."""
+        from dotenv import dotenv_values
+
+        if not path.is_file():
+            return {}
+        lines = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        out: dict[str, dict[str, str]] = {}
+        for key, value in lines.items():
+            section, _, field = key.removeprefix("RISKMON_").lower().partition("__")
+            if key.startswith("RISKMON_") and field and section in ("kafka", "redis", "worker"):
+                out.setdefault(section, {})[field] = value
+        kafka, redis_, worker = out.get("kafka", {}), out.get("redis", {}), out.get("worker", {})
+        env_bootstrap = environ.get("RISKMON_KAFKA__BOOTSTRAP")
+        if environ.get("RISKMON_KAFKA__SECURITY_PROTOCOL") or (
+                env_bootstrap and _hostport(env_bootstrap) != _hostport(kafka.get("bootstrap", ""))):
+            kafka = {}
+        env_url = environ.get("RISKMON_REDIS__URL")
+        if environ.get("RISKMON_REDIS__PASSWORD") or (
+                env_url and ("@" in env_url or _redis_hostport(env_url) != _redis_hostport(redis_.get("url", "")))):
+            redis_ = {}
+        worker = {k: v for k, v in worker.items() if k == "http_token" and not environ.get("RISKMON_WORKER__HTTP_TOKEN")}
+        return {name: section for name, section in (("kafka", kafka), ("redis", redis_), ("worker", worker)) if section}

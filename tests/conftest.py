@@ -7,7 +7,12 @@ Only service fixtures live here. Unit tests of pure code use none of them and ne
   does not answer, so a missing broker can never turn a red suite green.
 * ``kafka_bootstrap`` / ``redis_url`` (session): the addresses, from ``RISKMON_KAFKA__BOOTSTRAP``
   (default ``127.0.0.1:9092``) and ``RISKMON_REDIS__URL`` (default ``redis://127.0.0.1:6379/0``),
-  checked to answer.
+  checked to answer. When the services are locked down (``scripts/services`` wrote credentials,
+  see :mod:`streams.settings`), ``redis_url`` carries the Redis user and password in the URL.
+* ``kafka_settings`` (session): the project's :class:`~streams.settings.KafkaSettings` for that
+  broker (the worker principal, SASL/TLS included); ``kafka_settings_as("admin"|"producer")`` gives
+  the other principals of the credentials file. Build every Kafka client from these
+  (``streams.adapters.kafka.client_kwargs``), never from a bare bootstrap address.
 * ``unique_name`` (function): ``pytest-<test name>-<8 hex>``, legal as a Kafka topic / group id.
 * ``topic_factory`` (function): ``topic_factory(partitions=4, config=None, name=None) -> str`` creates
   a uniquely named topic through aiokafka's admin client, waits until every partition has a leader,
@@ -71,8 +76,58 @@ def kafka_bootstrap_from_env() -> str:
     return os.environ.get("RISKMON_KAFKA__BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP)
 
 
+def kafka_settings_as(principal: str = "worker", bootstrap: str | None = None) -> Any:
+    """KafkaSettings for the test broker (or ``bootstrap``) as ``principal``: worker, admin or producer.
+
+    The worker is the project's settings; the admin and producer principals come from the services'
+    credentials file; on plain-text services every principal is the same anonymous client. Another
+    broker than the one the settings name (a test cluster of its own) gets plain settings, as the
+    credentials file's lines do not apply to it (streams.settings.CredentialsFileSource).
+    """
+    from pydantic import SecretStr
+
+    from streams.settings import KafkaSettings, Settings, credentials_path
+
+    bootstrap = bootstrap or kafka_bootstrap_from_env()
+    kafka = Settings().kafka
+    if bootstrap.split(",")[0].strip() != kafka.bootstrap.split(",")[0].strip():
+        return KafkaSettings(bootstrap=bootstrap)
+    kafka = kafka.model_copy(update={"bootstrap": bootstrap})
+    if principal == "worker" or kafka.security_protocol == "PLAINTEXT":
+        return kafka
+    from dotenv import dotenv_values
+
+    lines = dotenv_values(credentials_path())
+    key = {"admin": "ADMIN", "producer": "PRODUCER"}[principal]
+    user, password = lines.get(f"RISKMON_SERVICES_KAFKA_{key}_USERNAME"), lines.get(f"RISKMON_SERVICES_KAFKA_{key}_PASSWORD")
+    if not user or not password:
+        raise RuntimeError(f"no {principal} principal in {credentials_path()}: {HINT}")
+    return kafka.model_copy(update={"sasl_username": user, "sasl_password": SecretStr(password)})
+
+
+def kafka_kwargs(principal: str = "worker") -> dict[str, Any]:
+    """aiokafka keyword arguments (bootstrap, SASL, TLS) for the test broker as ``principal``."""
+    from streams.adapters.kafka import client_kwargs
+
+    return client_kwargs(kafka_settings_as(principal))
+
+
 def redis_url_from_env() -> str:
-    return os.environ.get("RISKMON_REDIS__URL", DEFAULT_REDIS_URL)
+    """The test Redis URL; with the services' Redis credentials in it when it has none of its own."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    from streams.settings import Settings
+
+    url = os.environ.get("RISKMON_REDIS__URL", DEFAULT_REDIS_URL)
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    redis = Settings().redis
+    if redis.password is None or urlsplit(redis.url).port != parts.port:
+        return url
+    user = quote(redis.username or "default", safe="")
+    netloc = f"{user}:{quote(redis.password.get_secret_value(), safe='')}@{parts.hostname}:{parts.port or 6379}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _load_probe() -> Any:
@@ -93,14 +148,20 @@ def _split_hostport(address: str) -> tuple[str, int]:
 def check_kafka(bootstrap: str) -> str | None:
     """None when the first bootstrap broker answers, else the reason.
 
-    Over PLAINTEXT this sends Kafka ApiVersions and Metadata requests (a broker that accepts TCP
-    but is still starting does not pass); with TLS/SASL configured it only checks the TCP port.
+    It sends Kafka ApiVersions and Metadata requests (a broker that accepts TCP but is still starting
+    does not pass), over TLS and after a SCRAM login when the settings say SASL_SSL; with another
+    TLS/SASL setup it only checks the TCP port.
     """
     host, port = _split_hostport(bootstrap.split(",")[0])
-    protocol = os.environ.get("RISKMON_KAFKA__SECURITY_PROTOCOL", "PLAINTEXT").upper()
     try:
-        if protocol == "PLAINTEXT":
-            _load_probe().probe_kafka(host, port)
+        kafka = kafka_settings_as("worker")
+        if kafka.security_protocol in ("PLAINTEXT", "SASL_SSL"):
+            creds = {} if kafka.security_protocol == "PLAINTEXT" else {
+                "RISKMON_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+                "RISKMON_KAFKA__SSL_CAFILE": str(kafka.ssl_cafile or ""),
+                "RISKMON_KAFKA__SASL_USERNAME": kafka.sasl_username or "",
+                "RISKMON_KAFKA__SASL_PASSWORD": kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""}
+            _load_probe().probe_kafka(host, port, creds)
         else:
             socket.create_connection((host, port), timeout=2).close()
     except Exception as exc:  # noqa: BLE001 - any failure is "not answering", with its reason
@@ -166,6 +227,12 @@ def kafka_bootstrap() -> str:
 
 
 @pytest.fixture(scope="session")
+def kafka_settings(kafka_bootstrap: str) -> Any:
+    """The project's KafkaSettings for the test broker (worker principal; SASL/TLS when locked down)."""
+    return kafka_settings_as("worker")
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the running Redis (fails with a hint when it does not answer)."""
     url = redis_url_from_env()
@@ -225,16 +292,17 @@ async def _create_topic(
     from aiokafka.admin import NewTopic
 
     from streams.adapters.kafka import create_topics
-    from streams.settings import KafkaSettings
 
     spec = NewTopic(topic, num_partitions=partitions, replication_factor=1, topic_configs=config)
-    await create_topics(KafkaSettings(bootstrap=bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
+    await create_topics(kafka_settings_as("admin", bootstrap), [spec], exist_ok=False, timeout_s=timeout_s)
 
 
 async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    from streams.adapters.kafka import client_kwargs
+
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka_settings_as("admin", bootstrap)), request_timeout_ms=15000)
     await admin.start()
     try:
         await admin.delete_topics(topics)

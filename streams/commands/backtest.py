@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from streams.cli import UserError
+from streams.cli import UserError, add_bundle_trust_arguments, load_trusted_bundle
 from streams.dataset import DEFAULT_DATA_DIR
 
 SOLVERS = ("exact", "anneal", "rules")
@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "backtest", help="replay history in process and report the credit decisions as of chosen dates")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="data set folder (default: %(default)s)")
     parser.add_argument("--bundle", type=Path, required=True, help="trained model bundle (riskmon train --out)")
+    add_bundle_trust_arguments(parser)
     parser.add_argument("--as-of", default="quarterly",
                         help="YYYY-MM-DD[,YYYY-MM-DD...], 'quarterly' or 'monthly' (default: %(default)s)")
     parser.add_argument("--budget", type=float, required=True, help="lending budget in yuan")
@@ -120,9 +121,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UserError(str(exc)) from None
     try:
-        from models.bundle import load_bundle
-
-        scorer = load_bundle(args.bundle)
+        scorer = load_trusted_bundle(args)
     except (ModelError, FileNotFoundError) as exc:
         raise UserError(f"cannot load the model bundle {args.bundle}: {exc}") from None
     try:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from models.schema import NUMERIC_FEATURES, RATINGS
 from models.scoring import ScoringBatch
-from streams.cli import UserError
+from streams.cli import UserError, add_bundle_trust_arguments, load_trusted_bundle
 from streams.dataset import DEFAULT_DATA_DIR
 
 
@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, required=True, help="CSV file to write")
     parser.add_argument("--as-of", type=dt.date.fromisoformat, help="feature date (default: last invoice, 2020-02-21)")
     parser.add_argument("--ignore-known-ratings", action="store_true", help="rate every enterprise with the CNN")
+    add_bundle_trust_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -92,13 +93,12 @@ def score_frame(bundle: object, batch: ScoringBatch) -> pd.DataFrame:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from models.bundle import load_bundle
     from models.errors import ModelError
     from streams.features.batch import LAST_INVOICE_DATE, build_feature_table
 
     torch.set_num_threads(1)  # tiny nets: one thread is ~5x faster than two (no sync overhead)
     try:
-        bundle = load_bundle(args.bundle)
+        bundle = load_trusted_bundle(args)
     except ModelError as exc:
         raise UserError(str(exc)) from exc
     if not (args.data / "enterprises.csv").is_file():

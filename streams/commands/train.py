@@ -16,7 +16,7 @@ from dataclasses import replace
 from collections.abc import Collection
 from pathlib import Path
 
-from streams.cli import UserError
+from streams.cli import UserError, load_settings
 from streams.dataset import DEFAULT_DATA_DIR
 
 
@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--nets", choices=("paper", "tuned"), default="paper",
                         help="paper: paper 004's BP net and the original CNN (default); tuned: the pre-registered "
                              "candidates chosen in docs/models_tuning.md (no better on the reporting CV)")
+    parser.add_argument("--signing-key", type=Path, default=None,
+                        help="Ed25519 key that signs the bundle, created on first use (default: RISKMON_BUNDLE_SIGNING_KEY, "
+                             "var/keys/bundle-signing.key); loaders trust its .pub")
     parser.set_defaults(func=run)
 
 
@@ -97,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         t_features = time.perf_counter() - t0
         holdout = read_holdout(args.holdout, table.enterprise_ids)
         result = train(training_data(table), args.out, config, holdout,  # type: ignore[arg-type]
-                       progress=lambda msg: progress.update(task, description=msg))
+                       progress=lambda msg: progress.update(task, description=msg),
+                       signing_key=args.signing_key or load_settings().bundle_signing_key)
         progress.update(task, description="done")
     metrics = result.metrics
     metrics["timings_s"]["features"] = round(t_features, 1)

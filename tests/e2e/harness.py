@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.settings import KafkaSettings, Settings, TopicSettings
+from streams.settings import Settings, TopicSettings, credentials_path
+from tests.conftest import kafka_settings_as
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +47,7 @@ class Deployment:
     replication: int = 1  # 3 (and min_insync_replicas 2) on the three-broker cluster
     min_insync_replicas: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # more RISKMON_ settings for the workers
+    http_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # for POST /allocate
 
     def topics(self) -> TopicSettings:
         topics = TopicSettings(partitions=self.partitions, replication=self.replication,
@@ -53,7 +56,8 @@ class Deployment:
 
     def settings(self) -> Settings:
         return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=self.name,
-                        kafka=KafkaSettings(bootstrap=self.kafka_bootstrap, group_id=f"{self.name}-workers"),
+                        kafka=kafka_settings_as("worker", self.kafka_bootstrap).model_copy(
+                            update={"group_id": f"{self.name}-workers"}),
                         topics=self.topics())
 
     def env(self, metrics_port: int) -> dict[str, str]:
@@ -74,6 +78,8 @@ class Deployment:
             "RISKMON_ALLOCATOR__INTERVAL_S": str(self.interval_s),
             "RISKMON_WORKER__METRICS_PORT": str(metrics_port),
             "RISKMON_STATE_DIR": str(ROOT / "var" / "faust-test"),
+            "RISKMON_CREDENTIALS_FILE": str(credentials_path()),  # the services' credentials, as in this process
+            "RISKMON_WORKER__HTTP_TOKEN": self.http_token,
         })
         if self.min_insync_replicas is not None:
             env["RISKMON_TOPICS__MIN_INSYNC_REPLICAS"] = str(self.min_insync_replicas)
@@ -86,6 +92,7 @@ class WorkerProcess:
 
     def __init__(self, deployment: Deployment, tag: str) -> None:
         self.port = free_port()
+        self.http_token = deployment.http_token
         deployment.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = deployment.log_dir / f"{deployment.name}-{tag}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -107,7 +114,8 @@ class WorkerProcess:
             return None
 
     def allocate(self) -> dict[str, Any] | None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/allocate", method="POST")
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/allocate", method="POST",
+                                     headers={"Authorization": f"Bearer {self.http_token}"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
                 return json.loads(r.read())

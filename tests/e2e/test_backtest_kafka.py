@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -52,8 +53,12 @@ def _health(port: int) -> dict:
         return json.loads(r.read())
 
 
+TOKEN = secrets.token_urlsafe(24)  # the worker's RISKMON_WORKER__HTTP_TOKEN in this test
+
+
 def _allocate(port: int) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/allocate", data=b"", method="POST")
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/allocate", data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310
         return json.loads(r.read())
 
@@ -80,6 +85,7 @@ def test_live_worker_and_backtest_publish_the_same_credit_lines(
         "RISKMON_STATE_DIR": str(tmp_path / "faust"),
         "RISKMON_WORKER__WEB_PORT": str(_free_port()),
         "RISKMON_ALLOCATOR__SOLVER": "exact",
+        "RISKMON_WORKER__HTTP_TOKEN": TOKEN,
         **{f"RISKMON_TOPICS__{k.upper()}": f"{unique_name}-{v}" for k, v in (
             ("invoices", "invoices"), ("dlq", "dlq"), ("scores", "scores"), ("credit_lines", "lines"),
             ("allocations", "allocations"))},

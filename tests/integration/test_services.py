@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from tests.conftest import kafka_kwargs
+
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services"
 
@@ -30,7 +32,7 @@ def free_port() -> int:
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+        topic, **{**kafka_kwargs(), "bootstrap_servers": bootstrap}, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
     await consumer.start()
     records = []
@@ -50,7 +52,7 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: floa
 
 async def test_kafka_round_trip_keeps_per_key_order(kafka_bootstrap: str, topic_factory) -> None:
     topic = topic_factory(partitions=4)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**kafka_kwargs(), acks="all", linger_ms=5)
     await producer.start()
     try:
         sent = [(f"E{i % 13}".encode(), f"{i}".encode()) for i in range(500)]
@@ -81,7 +83,7 @@ async def test_topic_factory_gives_requested_partitions_and_unique_names(
     first = topic_factory(partitions=3)
     second = topic_factory(partitions=1, suffix="dlq")
     assert first != second and first.startswith(unique_name) and "dlq" in second
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs())
     await admin.start()
     try:
         described = {t["topic"]: t for t in await admin.describe_topics([first, second])}
@@ -103,7 +105,7 @@ async def test_compacted_topic_keeps_last_value_per_key(kafka_bootstrap: str, to
             "delete.retention.ms": "100",
         },
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs())
     await admin.start()
     try:
         [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -112,7 +114,7 @@ async def test_compacted_topic_keeps_last_value_per_key(kafka_bootstrap: str, to
         await admin.close()
     assert entries["cleanup.policy"] == "compact"
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_kwargs(), acks="all")
     await producer.start()
     try:
         for round_ in range(20):
@@ -260,6 +262,8 @@ def test_second_instance_on_other_ports_up_status_down(tmp_path: Path, kafka_boo
         "RISKMON_REDIS_PORT": str(free_port()),
         "RISKMON_KAFKA_HEAP": "-Xms128m -Xmx384m",
         "RISKMON_SERVICES_MODE": "local",
+        # the plain-text development mode (the shared services of the suite run locked down)
+        "RISKMON_SERVICES_SECURITY": "plaintext",
     }
     # a cluster id starting with '-' (1 in 64 random ones) is read as an option by Kafka's storage tool;
     # one left by an older version must be replaced, not reused

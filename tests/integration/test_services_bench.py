@@ -14,6 +14,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import benchlib  # noqa: E402
 
+from tests.conftest import kafka_kwargs
+
 
 async def test_produce_places_keys_like_keyed_send_and_baseline_reads_all(kafka_bootstrap: str, topic_factory) -> None:
     records = benchlib.load_invoice_records(limit=3000, cache_dir=None)
@@ -28,7 +30,7 @@ async def test_produce_places_keys_like_keyed_send_and_baseline_reads_all(kafka_
 
     # the same keys sent one by one with a keyed AIOKafkaProducer.send land on the same partitions
     keyed = topic_factory(partitions=4, suffix="keyed")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer = AIOKafkaProducer(**kafka_kwargs())
     await producer.start()
     try:
         keys = sorted({k for k, _ in records})
@@ -42,7 +44,7 @@ async def test_produce_places_keys_like_keyed_send_and_baseline_reads_all(kafka_
 
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(bulk, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bulk, **kafka_kwargs(), auto_offset_reset="earliest")
     await consumer.start()
     placed: dict[bytes, set[int]] = defaultdict(set)
     values: list[bytes] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -13,8 +12,9 @@ from streams.adapters.redis_store import clear_prefix
 
 
 @pytest.fixture
-def stream_redis_url() -> str:
-    return os.environ.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0")
+def stream_redis_url(redis_url: str) -> str:
+    """The root fixture's URL (with the services' Redis credentials when they are locked down)."""
+    return redis_url
 
 
 @pytest.fixture

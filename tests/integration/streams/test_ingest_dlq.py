@@ -24,16 +24,16 @@ from tests.bundle_fixture import get_test_bundle
 from tests.unit.streams.test_pipeline import MALFORMED
 
 
-def _settings(unique_name: str, kafka_bootstrap: str) -> Settings:
+def _settings(unique_name: str, kafka: KafkaSettings) -> Settings:
     return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=unique_name,
-                    kafka=KafkaSettings(bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g"),
+                    kafka=kafka.model_copy(update={"group_id": f"{unique_name}-g"}),
                     topics=TopicSettings(partitions=2).prefixed(f"{unique_name}-"),
                     worker=WorkerSettings(batch_size=50, batch_within_s=0.1, metrics_port=0))
 
 
 async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
-        unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
-    settings = _settings(unique_name, kafka_bootstrap)
+        unique_name: str, kafka_settings: KafkaSettings, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(unique_name, kafka_settings)
     t = settings.topics
     for name in (t.invoices, t.dlq, t.scores, t.credit_lines, t.allocations):
         topic_factory(partitions=2, name=name)

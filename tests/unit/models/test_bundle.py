@@ -32,6 +32,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     return train(synthetic_data(), tmp_path_factory.mktemp("b") / "bundle", _config())
 
 
+def _write_manifest(bundle: Path, manifest: dict) -> None:
+    """Rewrite a manifest as a signer would (new version, new signature): what the loader checks next."""
+    from models.signing import DEFAULT_KEY, content_version, sign_bundle
+
+    manifest["version"] = content_version(manifest, int(manifest["bundle_format"]))
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    sign_bundle(bundle, DEFAULT_KEY)
+
+
 def _copy(result: TrainResult, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(result.bundle_dir, out)
@@ -80,35 +89,35 @@ def test_missing_corrupt_and_mismatched_bundles_fail_clearly(trained: TrainResul
     (b / "member2_net_invoice.pt").write_bytes(b"not a torch file")
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["files"].pop("member2_net_invoice.pt")
-    (b / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(b, manifest)
     with pytest.raises(BundleError, match=r"member2_net_invoice\.pt: corrupt weights"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "4")
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["schema_hash"] = "0" * 16
-    (b / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(b, manifest)
     with pytest.raises(BundleError, match=r"manifest\.json: schema hash mismatch"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "5")
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["members"][0]["net_invoice"]["n_inputs"] += 1
-    (b / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(b, manifest)
     with pytest.raises(BundleError, match=r"member0_net_invoice\.pt: wrong shapes"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "5b")  # fold membership edited by hand: its sha256 no longer matches
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["crossfit"]["folds"][0].append("E999")
-    (b / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(b, manifest)
     with pytest.raises(BundleError, match=r"fold membership does not match its sha256"):
         load_bundle(b)
 
     b = _copy(trained, tmp_path / "5c")  # a bundle of the format before cross-fitting
     manifest = json.loads((b / "manifest.json").read_text())
     manifest["bundle_format"] = 1
-    (b / "manifest.json").write_text(json.dumps(manifest))
+    _write_manifest(b, manifest)
     with pytest.raises(BundleError, match=r"bundle format 1 is not 2"):
         load_bundle(b)
 
