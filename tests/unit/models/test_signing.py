@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ import torch
 
 from models.bundle import BUNDLE_FORMAT, load_bundle
 from models.errors import BundleError
-from models.evaluation import EvalConfig
 from models.signing import content_version, public_key_path, sha256_file, sign_bundle
 from models.training import TrainConfig, TrainResult, train
 
@@ -27,10 +27,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> TrainResult:
     fast = TrainConfig.fast(seed=5)
-    e = fast.eval
-    small = EvalConfig(2, 1, 2, e.net, e.cnn, ("bp_net",), ("rating_cnn",))
-    config = TrainConfig(fast.seed, small, (2, 3), 1, evaluate=False, split_73=False, control=False)
+    small = replace(fast.eval, n_splits=2, n_repeats=1, selection_runs=2)
+    config = replace(fast, eval=small, segment_ks=(2, 3), segment_n_init=1, evaluate=False)
     return train(synthetic_data(), tmp_path_factory.mktemp("b") / "bundle", config, signing_key=keys)
+
+
+WEIGHTS = "member0_net_rated.pt"
 
 
 def _copy(result: TrainResult, tmp_path: Path, name: str) -> Path:
@@ -48,8 +50,8 @@ def _load(bundle: Path, keys: Path, **kw: bool) -> object:
 
 
 def _tamper_weights(bundle: Path) -> str:
-    """Scale one weight of the rating-aware net (a valid state dict that scores differently); its new sha256."""
-    path = bundle / "default_net_rated.pt"
+    """Scale one weight of member 0's rating-aware net (a valid state dict that scores differently); its new sha256."""
+    path = bundle / WEIGHTS
     state = torch.load(path, weights_only=True)
     first = next(k for k, v in state.items() if v.dtype.is_floating_point)
     state[first] = state[first] * 3.0
@@ -65,7 +67,7 @@ def test_the_key_is_generated_outside_the_bundle_private_and_the_version_covers_
     assert "signature.json" in files and not any(name.endswith((".key", ".pub")) for name in files)
     manifest = _manifest(trained.bundle_dir)
     assert manifest["version"] == content_version(manifest, BUNDLE_FORMAT)
-    assert set(manifest["files"]) == {"default_net_invoice.pt", "default_net_rated.pt", "rating_cnn.pt"}
+    assert {p.name for p in trained.bundle_dir.glob("*.pt")} == set(manifest["files"]) and WEIGHTS in manifest["files"]
     loaded = _load(trained.bundle_dir, keys)
     assert loaded.version == trained.bundle.version  # type: ignore[attr-defined]
 
@@ -73,7 +75,8 @@ def test_the_key_is_generated_outside_the_bundle_private_and_the_version_covers_
 def test_editing_the_calibration_in_the_manifest_is_refused(trained: TrainResult, keys: Path, tmp_path: Path) -> None:
     b = _copy(trained, tmp_path, "cal")
     m = _manifest(b)
-    m["calibration"]["net_rated"]["a"] = float(m["calibration"]["net_rated"]["a"]) * 0.5
+    platt = m["members"][0]["maps"]["platt_invoice"]
+    platt["a"] = float(platt["a"]) * 0.5
     (b / "manifest.json").write_text(json.dumps(m, indent=2))
     with pytest.raises(BundleError, match="signature does not match the manifest"):
         _load(b, keys)
@@ -88,12 +91,12 @@ def test_changed_weights_are_refused_with_or_without_updating_their_sha256(
         trained: TrainResult, keys: Path, tmp_path: Path) -> None:
     b = _copy(trained, tmp_path, "plain")  # weights changed, manifest untouched
     _tamper_weights(b)
-    with pytest.raises(BundleError, match=r"default_net_rated\.pt: corrupt weights: sha256 differs"):
+    with pytest.raises(BundleError, match=r"member0_net_rated\.pt: corrupt weights: sha256 differs"):
         _load(b, keys)
 
     b = _copy(trained, tmp_path, "updated")  # weights changed and their sha256 entry updated
     m = _manifest(b)
-    m["files"]["default_net_rated.pt"] = _tamper_weights(b)
+    m["files"][WEIGHTS] = _tamper_weights(b)
     m["version"] = content_version(m, BUNDLE_FORMAT)
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="signature does not match"):
@@ -102,7 +105,7 @@ def test_changed_weights_are_refused_with_or_without_updating_their_sha256(
     b = _copy(trained, tmp_path, "deleted")  # weights changed and their sha256 entry deleted
     m = _manifest(b)
     _tamper_weights(b)
-    del m["files"]["default_net_rated.pt"]
+    del m["files"][WEIGHTS]
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="signature does not match"):
         _load(b, keys)
@@ -112,7 +115,7 @@ def test_a_bundle_signed_by_another_key_or_not_signed_is_refused(
         trained: TrainResult, keys: Path, tmp_path: Path) -> None:
     b = _copy(trained, tmp_path, "other")
     m = _manifest(b)
-    m["files"]["default_net_rated.pt"] = _tamper_weights(b)
+    m["files"][WEIGHTS] = _tamper_weights(b)
     m["version"] = content_version(m, BUNDLE_FORMAT)
     (b / "manifest.json").write_text(json.dumps(m))
     sign_bundle(b, tmp_path / "attacker.key")  # a perfect forgery, but not by the trusted key
@@ -140,7 +143,7 @@ def test_tampered_bundles_change_scores_so_refusing_them_matters(trained: TrainR
     _tamper_weights(b)
     (b / "signature.json").unlink()
     m = _manifest(b)
-    m["files"]["default_net_rated.pt"] = sha256_file(b / "default_net_rated.pt")
+    m["files"][WEIGHTS] = sha256_file(b / WEIGHTS)
     (b / "manifest.json").write_text(json.dumps(m))
     forged = _load(b, keys, accept_unsigned=True)
     batch = synthetic_data().batch()
@@ -155,7 +158,7 @@ def test_riskmon_score_refuses_a_tampered_bundle_with_one_line(
 
     b = _copy(trained, tmp_path, "cli")
     m = _manifest(b)
-    m["calibration"]["net_rated"]["b"] = 5.0
+    m["members"][0]["maps"]["platt_invoice"]["b"] = 5.0
     (b / "manifest.json").write_text(json.dumps(m))
     code = main(["score", "--bundle", str(b), "--public-key", str(public_key_path(keys)),
                  "--out", str(tmp_path / "s.csv")])
