@@ -30,9 +30,9 @@ FIVE_MB = 5 * 1024 * 1024
 
 
 async def test_a_5mb_message_a_wrong_key_and_a_2030_invoice_are_dead_letters_and_the_stream_goes_on(
-        unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
+        unique_name: str, kafka_settings: KafkaSettings, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=unique_name,
-                        kafka=KafkaSettings(bootstrap=kafka_bootstrap, group_id=f"{unique_name}-g"),
+                        kafka=kafka_settings.model_copy(update={"group_id": f"{unique_name}-g"}),
                         topics=TopicSettings(partitions=2).prefixed(f"{unique_name}-"),
                         worker=WorkerSettings(batch_size=50, batch_within_s=0.1, metrics_port=0),
                         ingest=IngestSettings())
