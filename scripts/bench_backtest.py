@@ -1,141 +1,209 @@
 #!/usr/bin/env python
-"""Benchmark the in-process backtest on the full real data and collect the README numbers.
+"""Same-run benchmark: the full real-data Kafka replay through one worker vs the backtest of the same data.
 
-Runs ``riskmon backtest`` in a child process (so its peak RSS is its own) over all
-1.1 M invoices with quarterly as-of dates, once over every enterprise (the live
-worker's universe: speed and memory) and once over the 123 labeled enterprises (every
-line has a known outcome: realised profit of riskmon vs the two baselines). Writes
-``artifacts/bench_backtest.json``; if ``artifacts/bench_stream.json`` holds the Kafka
-replay time of the same data, the speed ratio is computed from it.
+Needs Kafka and Redis (``scripts/services up``; ``RISKMON_KAFKA__BOOTSTRAP`` / ``RISKMON_REDIS__URL``
+name them). In one run:
 
-Usage: ``python scripts/bench_backtest.py [--bundle DIR] [--budget YUAN] [--as-of SPEC]``
+1. **Kafka replay** (the baseline): read the invoice file as ``riskmon replay`` does, publish every
+   row to a fresh topic in event-time order while one ``riskmon worker`` consumes it; timed from the
+   start of reading to the last valid invoice applied in Redis. Worker CPU time and peak RSS are
+   sampled from ``/proc``; the producer's CPU is this process's.
+2. **Backtest, quarterly, first run**: ``riskmon backtest --as-of quarterly`` over all enterprises in
+   a child process, with an *empty* event-cache folder, so the validation of every row and the
+   Parquet cache are inside the timing (no hidden warm-up). Wall, CPU and peak RSS of the child.
+3. **Backtest, monthly** (cache now warm, said so in the output), and optionally the old
+   event-by-event engine (``--engine events``, quarterly, warm cache) for comparison.
+
+Prints the ratio Kafka / backtest (1 vs 2) and writes ``artifacts/bench_backtest.json``. Both sides
+run on the same machine in the same run; on a shared machine the load is recorded with them.
+
+Usage: ``scripts/bench_backtest.py [--bundle DIR] [--skip kafka,monthly,events]``
 (the bundle defaults to ``var/bundle``, else the cached test bundle).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def run_backtest(bundle: Path, out: Path, budget: float, as_of: str, universe: str, solver: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", "import sys; from streams.cli import main; sys.exit(main(sys.argv[1:]))",
-           "backtest", "--data", str(ROOT / "data" / "cumcm2020c"),
-           "--bundle", str(bundle), "--as-of", as_of, "--budget", str(budget), "--solver", solver,
-           "--universe", universe, "--out", str(out), "--no-progress"]
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class _Sampler(threading.Thread):
+    """Peak RSS and last CPU time of a worker process, sampled every 0.5 s."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__(daemon=True)
+        self.worker, self.peak_mb, self.cpu_s, self._halt = worker, 0.0, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.peak_mb = max(self.peak_mb, self.worker.rss_mb())
+            self.cpu_s = max(self.cpu_s, _cpu_s(self.worker.proc.pid))
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.cpu_s = max(self.cpu_s, _cpu_s(self.worker.proc.pid))
+        self._halt.set()
+        self.join()
+
+
+def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]:
+    """Phase 1: read + publish every invoice while one worker applies them; until the last is in Redis."""
+    import benchlib
+    import redis
+    from bench_stream import applied_count, delete_run_topics
+
+    from streams.adapters.redis_store import clear_prefix
+    from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events, load_enterprises
+    from streams.replay import replay_records
+    from tests.e2e.harness import Deployment, WorkerProcess
+
+    n_valid = sum(1 for e in iter_events(DEFAULT_DATA_DIR) if not isinstance(e, RejectedRow))  # not timed
+    enterprises = sorted(load_enterprises(DEFAULT_DATA_DIR)["enterprise_id"])
+    run_id = uuid.uuid4().hex[:6]
+    topic = f"bench-backtest-{run_id}-invoices"
+    asyncio.run(benchlib.create_topic(bootstrap, topic, 4))
+    dep = Deployment(f"bench-bt-{run_id}", bootstrap, redis_url, f"bench-bt-{run_id}", bundle,
+                     budget_yuan=100_000_000, interval_s=5.0, invoices_topic=topic)
+    client = redis.Redis.from_url(redis_url)
+    prefix = dep.redis_prefix.rstrip(":")
+    worker = WorkerProcess(dep, "w0")
+    sampler = _Sampler(worker)
+    try:
+        worker.wait_ready(180)
+        sampler.start()
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        records = replay_records(DEFAULT_DATA_DIR)  # what `riskmon replay` reads, in event-time order
+        t_read = time.perf_counter()
+        kv = [(r.key.encode(), r.value) for r in records]
+        produce_s = asyncio.run(benchlib.produce(bootstrap, topic, kv)).seconds
+        while (n := applied_count(client, prefix, enterprises)) < n_valid:
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker died:\n{worker.log_tail()}")
+            if time.perf_counter() - t0 > 3600:
+                raise RuntimeError(f"timed out: {n}/{n_valid} applied")
+            time.sleep(0.2)
+        wall = time.perf_counter() - t0
+        producer_cpu = time.process_time() - cpu0
+        sampler.stop()
+    finally:
+        if sampler.is_alive():
+            sampler.stop()
+        worker.stop()
+        clear_prefix(client, dep.redis_prefix)
+        asyncio.run(benchlib.delete_topic(bootstrap, topic))
+        asyncio.run(delete_run_topics(bootstrap, f"bench-bt-{run_id}"))
+    return {"wall_s": round(wall, 2), "read_s": round(t_read - t0, 2), "produce_s": round(produce_s, 2),
+            "events_applied": n_valid, "worker_cpu_s": round(sampler.cpu_s, 2),
+            "producer_cpu_s": round(producer_cpu, 2), "cpu_s": round(sampler.cpu_s + producer_cpu, 2),
+            "worker_peak_rss_mb": round(sampler.peak_mb, 1),
+            "not_counted": "the Kafka broker's and Redis's own CPU and memory"}
+
+
+def backtest(bundle: Path, out: Path, as_of: str, cache_dir: Path, engine: str = "columnar") -> dict[str, Any]:
+    """``riskmon backtest`` in a child process: wall, CPU and peak RSS of the child."""
+    cmd = [sys.executable, "-m", "streams.cli", "backtest", "--bundle", str(bundle), "--as-of", as_of,
+           "--budget", "100000000", "--out", str(out), "--cache-dir", str(cache_dir), "--engine", engine,
+           "--no-progress"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"backtest failed with exit {proc.returncode}")
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     return {
         "command": "riskmon " + " ".join(cmd[3:]),
         "wall_s": round(wall, 2),
-        # CPU time of the child: on a shared, loaded machine wall time overstates the cost
         "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
-        "peak_rss_mb": round(summary.get("peak_rss_mb", after.ru_maxrss / 1024), 1),
+        "peak_rss_mb": round(summary.get("peak_rss_mb", 0.0), 1),
         "timings_s": {k: round(v, 2) for k, v in summary.get("timings_s", {}).items()},
         "n_events": summary.get("n_events"),
-        "n_enterprises": summary.get("n_enterprises"),
-        "as_of_dates": summary.get("as_of_dates"),
-        "dates": summary.get("dates"),
-        "early_flags": {k: v for k, v in summary.get("early_flags", {}).items() if k != "first_flagged"},
+        "as_of_dates": len(summary.get("as_of_dates", [])),
         "bundle_version": summary.get("bundle_version"),
     }
 
 
-def totals(dates: list[dict[str, Any]]) -> dict[str, float]:
-    keys = ("realised_profit", "realised_profit_rules", "realised_profit_flat", "expected_profit", "total_lent")
-    return {k: round(sum(float(d[k]) for d in dates), 2) for k in keys}
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=None)
-    parser.add_argument("--budget", type=float, default=100_000_000.0, help="yuan (default: paper 000's 100 M)")
-    parser.add_argument("--as-of", default="quarterly")
-    parser.add_argument("--solver", default="exact")
+    parser.add_argument("--bootstrap", default=os.environ.get("RISKMON_KAFKA__BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--redis", default=os.environ.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--skip", default="", help="comma-separated: kafka,monthly,events")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_backtest.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
     bundle = args.bundle
     if bundle is None:
         bundle = ROOT / "var" / "bundle"
         if not (bundle / "manifest.json").exists():
-            sys.path.insert(0, str(ROOT))
             from tests.bundle_fixture import get_test_bundle
 
             bundle = get_test_bundle()
-    # build the validated event cache first (timed on its own), so the timed runs read it
-    sys.path.insert(0, str(ROOT))
-    from streams.backtest.eventcache import cache_key, load_cached_events
-
-    data = ROOT / "data" / "cumcm2020c"
-    cache = ROOT / "var" / "cache" / f"events-{cache_key(data)}.parquet"
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    was_cached = cache.exists()
-    load_cached_events(data, ROOT / "var" / "cache")
-    cache_build = {"already_cached": was_cached, "wall_s": round(time.perf_counter() - t0, 2),
-                   "cpu_s": round(time.process_time() - cpu0, 2)}
-    print(f"event cache: {cache_build}", flush=True)
-    runs = {}
-    for universe in ("all", "labeled"):
-        out = ROOT / "var" / "bench-backtest" / universe
-        print(f"backtest over {universe} enterprises ...", flush=True)
-        runs[universe] = run_backtest(bundle, out, args.budget, args.as_of, universe, args.solver)
-        runs[universe]["totals_over_dates"] = totals(runs[universe]["dates"] or [])
-        print(f"  {runs[universe]['wall_s']} s wall, {runs[universe]['cpu_s']} s CPU, "
-              f"peak RSS {runs[universe]['peak_rss_mb']} MB", flush=True)
     result: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_start": os.getloadavg()},
         "bundle": str(bundle),
-        "budget_yuan": args.budget,
-        "solver": args.solver,
-        "event_cache": cache_build,
-        "runs": runs,
-        "load_average_at_end": os.getloadavg(),
     }
-    stream = ROOT / "artifacts" / "bench_stream.json"
-    if stream.exists():
-        data = json.loads(stream.read_text(encoding="utf-8"))
-        kafka_s = _find_replay_seconds(data)
-        if kafka_s:
-            result["kafka_full_replay_s"] = kafka_s
-            result["speedup_vs_kafka"] = round(kafka_s / runs["all"]["wall_s"], 1)
+    work = ROOT / "var" / f"bench-backtest-{uuid.uuid4().hex[:6]}"
+    cache_dir = work / "cache"  # empty: the first backtest validates every row and builds the cache
+    try:
+        if "kafka" not in skip:
+            print("Kafka replay through one worker ...", flush=True)
+            result["kafka_replay"] = kafka_replay(bundle, args.bootstrap, args.redis)
+            print(f"  {result['kafka_replay']}", flush=True)
+        print("backtest, quarterly, first run (empty cache) ...", flush=True)
+        result["backtest_quarterly_first_run"] = backtest(bundle, work / "quarterly", "quarterly", cache_dir)
+        print(f"  {result['backtest_quarterly_first_run']}", flush=True)
+        if "monthly" not in skip:
+            print("backtest, monthly (event cache warm) ...", flush=True)
+            result["backtest_monthly_warm_cache"] = backtest(bundle, work / "monthly", "monthly", cache_dir)
+            print(f"  {result['backtest_monthly_warm_cache']}", flush=True)
+        if "events" not in skip:
+            print("old event-by-event engine, quarterly (event cache warm) ...", flush=True)
+            result["events_engine_quarterly_warm_cache"] = backtest(bundle, work / "events", "quarterly", cache_dir,
+                                                                    engine="events")
+            print(f"  {result['events_engine_quarterly_warm_cache']}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_average_at_end"] = os.getloadavg()
+    if "kafka_replay" in result:
+        result["ratio_kafka_over_backtest_wall"] = round(
+            result["kafka_replay"]["wall_s"] / result["backtest_quarterly_first_run"]["wall_s"], 1)
+        result["ratio_kafka_over_backtest_cpu"] = round(
+            result["kafka_replay"]["cpu_s"] / result["backtest_quarterly_first_run"]["cpu_s"], 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    print(json.dumps({u: {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
-                          **r["totals_over_dates"]}
-                      for u, r in runs.items()}, indent=2))
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio")}, indent=2))
     print(f"wrote {args.out}")
     return 0
-
-
-def _find_replay_seconds(data: Any) -> float | None:
-    """The full Kafka replay time in ``bench_stream.json`` (key names are the streams bench's)."""
-    if isinstance(data, dict):
-        for key in ("full_replay_s", "replay_s", "full_replay_seconds"):
-            if isinstance(data.get(key), (int, float)):
-                return float(data[key])
-        for value in data.values():
-            found = _find_replay_seconds(value)
-            if found:
-                return found
-    return None
 
 
 if __name__ == "__main__":

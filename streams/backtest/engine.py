@@ -39,6 +39,7 @@ from models.schema import NUMERIC_FEATURES
 from models.scoring import Score, Scorer, ScoringBatch
 from streams.adapters.memory import InMemoryCreditLineStore, InMemoryFeatureStore
 from streams.events import AllocationSummary, CreditLine, EnterpriseScore, InvoiceEvent
+from streams.features.vector import month_index
 from streams.pipeline import Allocate, AllocationPolicy, apply_events, decide_allocation, rescore
 from streams.ports import EnterpriseInfo, EnterpriseRegistry, FeatureStore
 
@@ -177,6 +178,21 @@ def take_snapshot(
                     {s.enterprise_id: s for s in blind})
 
 
+def sales_by_month(store: FeatureStore, enterprise_ids: Sequence[str], last: dt.date) -> dict[str, dict[int, float]]:
+    """Valid sales (yuan, net of tax) per enterprise and month index, months up to ``last``."""
+    end = month_index(last)
+    out: dict[str, dict[int, float]] = {}
+    for state in store.load_many(list(enterprise_ids)):
+        months: dict[int, float] = {}
+        for key, value in state.counters.items():
+            if key.startswith("m:") and key.endswith(":amt_out"):
+                m = int(key[2:6]) * 12 + int(key[6:8]) - 1
+                if m <= end:
+                    months[m] = months.get(m, 0.0) + value / 100.0
+        out[state.enterprise_id] = months
+    return out
+
+
 @dataclass(slots=True)
 class ReplayResult:
     """The snapshots, in as-of order, and the feature store after the whole replay."""
@@ -185,6 +201,10 @@ class ReplayResult:
     store: InMemoryFeatureStore
     n_events: int
     n_duplicates: int
+
+    def monthly_sales(self, last: dt.date) -> dict[str, dict[int, float]]:
+        """Valid sales per enterprise and month up to ``last``'s month (every event replayed counts)."""
+        return sales_by_month(self.store, sorted(self.store.enterprise_ids()), last)
 
 
 def replay(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -110,18 +110,10 @@ class CachedEvents:
                 )
 
 
-def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None = None) -> CachedEvents:
-    """Validate every row with :func:`streams.dataset.iter_events`, sort, and write the Parquet file."""
+def table_of(events: Iterable[InvoiceEvent]) -> pa.Table:
+    """Events as the cache's columns, in the given order (decimals as strings, as validated)."""
     columns: dict[str, list[object]] = {name: [] for name in _SCHEMA.names}
-    rejected = 0
-    n = 0
-    for item in iter_events(data_dir):
-        n += 1
-        if on_row is not None and n % 20_000 == 0:
-            on_row(20_000)
-        if isinstance(item, RejectedRow):
-            rejected += 1
-            continue
+    for item in events:
         columns["event_id"].append(item.event_id)
         columns["enterprise_id"].append(item.enterprise_id)
         columns["direction"].append(item.direction)
@@ -134,9 +126,28 @@ def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None
         columns["produced_at"].append(item.produced_at.isoformat())
         columns["issue_date"].append(item.issue_date)
         columns["enterprise_name"].append(item.enterprise_name)
+    return pa.table(columns, schema=_SCHEMA)
+
+
+def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None = None) -> CachedEvents:
+    """Validate every row with :func:`streams.dataset.iter_events`, sort, and write the Parquet file."""
+    rejected = 0
+    n = 0
+
+    def valid() -> Iterator[InvoiceEvent]:
+        nonlocal rejected, n
+        for item in iter_events(data_dir):
+            n += 1
+            if on_row is not None and n % 20_000 == 0:
+                on_row(20_000)
+            if isinstance(item, RejectedRow):
+                rejected += 1
+                continue
+            yield item
+
+    table = table_of(valid())
     if on_row is not None:
         on_row(n % 20_000)
-    table = pa.table(columns, schema=_SCHEMA)
     # stable sort by issue date: same-day events keep file order, exactly like load_events
     order = pc.sort_indices(pa.table({"d": table["issue_date"], "i": pa.array(range(table.num_rows), pa.int64())}),
                             sort_keys=[("d", "ascending"), ("i", "ascending")])

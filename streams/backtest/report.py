@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from models.schema import RATINGS  # noqa: E402
+from streams.backtest.analysis import group_table, vintage_table  # noqa: E402
 from streams.backtest.run import BacktestResult, RunResult  # noqa: E402
 
 #: The figure ids every report contains (the report test checks each one).
@@ -38,6 +39,7 @@ FIGURES: tuple[str, ...] = (
     "auc-ks",
     "psi",
     "drift-alarms",
+    "profit-by-rating",
 )
 SCENARIO_FIGURE = "scenario-diff"
 _MILLION = 1e6
@@ -226,9 +228,40 @@ def render_figures(result: BacktestResult) -> dict[str, str]:
     ax2.tick_params(axis="x", rotation=90, labelsize=6)
     figs["drift-alarms"] = _png(fig)
 
+    groups = groups_frame(result)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    by_rating = groups[groups["by"] == "rating"] if len(groups) else groups
+    for rating in RATINGS:
+        part = by_rating[by_rating["group"] == rating] if len(by_rating) else by_rating
+        if len(part):
+            ax1.plot(part["as_of"], part["expected_profit_yuan"] / 1e4, "o-", label=rating)
+            ax2.plot(part["as_of"], part["realised_profit_yuan"] / 1e4, "o--", label=rating)
+    ax1.set_title("Expected profit by rating")
+    ax2.set_title("Realised profit by rating (labeled)")
+    ax1.set_ylabel("ten-thousand yuan")
+    for ax in (ax1, ax2):
+        ax.axhline(0, color="k", lw=0.5)
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+        ax.legend(fontsize=7)
+    figs["profit-by-rating"] = _png(fig)
+
     if result.shocked is not None:
         figs[SCENARIO_FIGURE] = _scenario_figure(result)
     return figs
+
+
+def vintages_frame(result: BacktestResult) -> pd.DataFrame:
+    """Lines opened per as-of date and how they turned out (:func:`streams.backtest.analysis.vintage_table`)."""
+    if result.churn is None:
+        return pd.DataFrame()
+    return vintage_table(result.base, result.outcomes, result.churn, lgd=result.config.lgd)
+
+
+def groups_frame(result: BacktestResult) -> pd.DataFrame:
+    """Lines and profit by rating and segment per as-of date (:func:`streams.backtest.analysis.group_table`)."""
+    if result.churn is None:
+        return pd.DataFrame(columns=["as_of", "by", "group", "expected_profit_yuan", "realised_profit_yuan"])
+    return group_table(result.base, result.outcomes, result.churn, lgd=result.config.lgd)
 
 
 def _scenario_figure(result: BacktestResult) -> str:
@@ -320,7 +353,7 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
         f"<h1>{esc(title)}</h1>",
         f"<p>As-of dates: {esc(', '.join(d.isoformat() for d in result.as_of_dates))}. Budget "
         f"{cfg.budget_yuan / _MILLION:,.1f} M yuan, solver <code>{esc(cfg.solver)}</code>, seed {cfg.seed}, "
-        f"LGD {cfg.lgd}. {result.base.replay.n_events:,} invoice events replayed in event-time order.</p>",
+        f"LGD {cfg.lgd}. {result.base.replay.n_events:,} invoice events folded, point in time.</p>",
         "<p class='note'>Realised profit: a line of z at rate r earns w&middot;r&middot;z if the enterprise did not "
         "default and loses w&middot;LGD&middot;z if it did, with w = 1 &minus; churn(r, rating) the expected "
         "retention. Baselines on the same scores and budget: paper 000's rules (A/B/C at 5.45/5.85/6.25%, D "
@@ -337,8 +370,15 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
         fig("lines-by-rating", "Credit lines by rating over time", "lines.csv"),
         fig("lines-by-segment", "Credit lines by segment over time", "lines.csv"),
         fig("lent-vs-budget", "Total lent vs budget, riskmon and both baselines", "summary.csv"),
+        "<h3>Vintages: lines opened per date and how they turned out</h3>",
+        "<p class='note'>A line is opened at a date when it has a positive amount and had none at the previous "
+        "date. Defaults are the data set's end-of-history labels (labeled enterprises only).</p>",
+        _table_html(vintages_frame(result)),
         "<h2>Profit</h2>",
         fig("profit", "Expected vs realised profit", "summary.csv"),
+        fig("profit-by-rating", "Expected and realised profit by rating over time", "by_group.csv"),
+        "<h3>Lines and profit by rating and segment</h3>",
+        _table_html(groups_frame(result), max_rows=60),
         "<h2>Default model</h2>",
         fig("roc", "ROC of the default probability as of each date", "roc.csv"),
         fig("auc-ks", "AUC and KS as of each date", "summary.csv"),
@@ -382,6 +422,8 @@ def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any]
     csv("psi.csv", psi_frame(result))
     csv("drift_alarms.csv", alarms_frame(result))
     csv("early_flags.csv", early_flags_frame(result))
+    csv("vintages.csv", vintages_frame(result))
+    csv("by_group.csv", groups_frame(result))
     if result.shocked is not None:
         csv("scenario_summary.csv", summary_table(result.shocked))
         csv("scenario_lines.csv", lines_table(result.shocked))

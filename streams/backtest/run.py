@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from models.schema import NUMERIC_FEATURES
 from models.scoring import Scorer
-from streams.backtest.engine import DateDecision, ReplayResult, Snapshot, allocate_snapshots, replay
+from streams.backtest.engine import DateDecision, ReplayResult, Snapshot, allocate_snapshots, replay, sales_by_month
 from streams.backtest.outcomes import (
     DEFAULT_FLAT_RATE,
     ChurnFn,
@@ -107,11 +107,28 @@ class DriftReport:
     total_sales: Mapping[int, float]  # month index -> total valid sales of all enterprises (yuan)
 
 
+class ReplayLike(Protocol):
+    """What a run needs from an engine: snapshots, event counts, and the monthly sales for drift."""
+
+    snapshots: list[Snapshot]
+    n_events: int
+    n_duplicates: int
+
+    def monthly_sales(self, last: dt.date) -> dict[str, dict[int, float]]: ...
+
+
+class Replayer(Protocol):
+    """An engine: the snapshots of one run (``shocked``: with the scenario's event changes)."""
+
+    def __call__(self, *, shocked: bool, score_transform: Callable[[list[EnterpriseScore], dt.date],
+                 list[EnterpriseScore]] | None, blind_ids: Sequence[str]) -> ReplayLike: ...
+
+
 @dataclass(slots=True)
 class RunResult:
     """One run (base or scenario): replay, decisions and their evaluation."""
 
-    replay: ReplayResult
+    replay: ReplayLike
     dates: list[DateResult]
 
 
@@ -129,6 +146,7 @@ class BacktestResult:
     scenario: Scenario | None = None
     shocked: RunResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    churn: ChurnFn | None = None
 
 
 def lines_of(decision: DateDecision) -> list[LineView]:
@@ -178,21 +196,11 @@ def evaluate_decisions(
 
 def monthly_sales(store: FeatureStore, enterprise_ids: Sequence[str], last: dt.date) -> dict[str, dict[int, float]]:
     """Valid sales (yuan, net of tax) per enterprise and month index, months up to ``last``."""
-    end = month_index(last)
-    out: dict[str, dict[int, float]] = {}
-    for state in store.load_many(list(enterprise_ids)):
-        months: dict[int, float] = {}
-        for key, value in state.counters.items():
-            if key.startswith("m:") and key.endswith(":amt_out"):
-                m = int(key[2:6]) * 12 + int(key[6:8]) - 1
-                if m <= end:
-                    months[m] = months.get(m, 0.0) + value / 100.0
-        out[state.enterprise_id] = months
-    return out
+    return sales_by_month(store, enterprise_ids, last)
 
 
 def drift_report(
-    snapshots: Sequence[Snapshot], store: FeatureStore, last: dt.date, *, min_instances: int = 6,
+    snapshots: Sequence[Snapshot], sales: Mapping[str, Mapping[int, float]], *, min_instances: int = 6,
     threshold: float = 20.0,
 ) -> DriftReport:
     """PSI between consecutive snapshots and PageHinkley/ADWIN alarms on monthly sales.
@@ -206,8 +214,7 @@ def drift_report(
     for prev, cur in zip(snapshots, snapshots[1:], strict=False):
         if len(prev.enterprise_ids) >= 10 and len(cur.enterprise_ids) >= 10:
             psi[(prev.as_of, cur.as_of)] = psi_table(prev.numeric, cur.numeric, NUMERIC_FEATURES)
-    ids = sorted(store.enterprise_ids())
-    sales = monthly_sales(store, ids, last)
+    ids = sorted(sales)
     alarms: list[DriftAlarm] = []
     total: dict[int, float] = {}
     for eid in ids:
@@ -231,6 +238,25 @@ def drift_report(
     return DriftReport(psi, tuple(alarms), dict(sorted(total.items())))
 
 
+@dataclass(slots=True)
+class _Rescored:
+    """A run that reuses another run's features with its scores changed (a score-only scenario)."""
+
+    snapshots: list[Snapshot]
+    base: ReplayLike
+
+    @property
+    def n_events(self) -> int:
+        return self.base.n_events
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.base.n_duplicates
+
+    def monthly_sales(self, last: dt.date) -> dict[str, dict[int, float]]:
+        return self.base.monthly_sales(last)
+
+
 def run_backtest(
     events: Sequence[InvoiceEvent] | Callable[[], Iterable[InvoiceEvent]],
     as_of_dates: Sequence[dt.date],
@@ -245,6 +271,7 @@ def run_backtest(
     industry_of: Mapping[str, str] | None = None,
     on_progress: Callable[[int], None] | None = None,
     clock: Callable[[], float] | None = None,
+    replayer: Replayer | None = None,
 ) -> BacktestResult:
     """Replay, allocate, evaluate; with ``scenario``, the shocked run too.
 
@@ -264,9 +291,12 @@ def run_backtest(
     ScoreTransform = Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore]]
 
     def one_run(ev_t: Callable[[InvoiceEvent], InvoiceEvent] | None, sc_t: ScoreTransform | None,
-                base: ReplayResult | None, tag: str) -> RunResult:
+                base: ReplayLike | None, tag: str) -> RunResult:
         t0 = tick()
-        if base is None:
+        rep: ReplayLike
+        if base is None and replayer is not None:
+            rep = replayer(shocked=ev_t is not None, score_transform=sc_t, blind_ids=tuple(outcomes))
+        elif base is None:
             rep = replay(event_stream(), dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
                          chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes))
         else:  # the events are unchanged: reuse the base features, re-apply the score shock only
@@ -276,7 +306,7 @@ def run_backtest(
                               {x.enterprise_id: x for x in sc_t(list(s.scores.values()), s.as_of)}, s.n_events,
                               {x.enterprise_id: x for x in sc_t(list(s.blind_scores.values()), s.as_of)})
                      for s in base.snapshots]
-            rep = ReplayResult(snaps, base.store, base.n_events, base.n_duplicates)
+            rep = _Rescored(snaps, base)
         t1 = tick()
         decisions = allocate_snapshots(rep.snapshots, allocate, registry, budget_yuan=config.budget_yuan,
                                        solver=config.solver, bundle_version=scorer.version, seed=config.seed)
@@ -293,7 +323,7 @@ def run_backtest(
     base = one_run(None, None, None, "base")
     t0 = tick()
     last = dates[-1] if dates else dt.date.max
-    drift = drift_report(base.replay.snapshots, base.replay.store, last)
+    drift = drift_report(base.replay.snapshots, base.replay.monthly_sales(last))
     history = {s.as_of: {e: x.default_probability for e, x in s.scores.items()} for s in base.replay.snapshots}
     flags = first_flag_dates(history, outcomes, config.flag_threshold)
     blind_history = {s.as_of: {e: x.default_probability for e, x in s.blind_scores.items()}
@@ -304,5 +334,5 @@ def run_backtest(
     if scenario is not None:
         ev_t = event_transform(scenario, industry_of or {}) if scenario.changes_events else None
         shocked = one_run(ev_t, score_transform(scenario), None if ev_t else base.replay, "scenario")
-    return BacktestResult(config, dates, base, drift, flags, flags_blind, outcomes, scenario, shocked, timings)
+    return BacktestResult(config, dates, base, drift, flags, flags_blind, outcomes, scenario, shocked, timings, churn)
 

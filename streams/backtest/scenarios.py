@@ -40,6 +40,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Annotated
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models.schema import INDUSTRIES
@@ -205,3 +206,37 @@ def score_transform(scenario: Scenario) -> Callable[[list[EnterpriseScore], dt.d
         return out
 
     return transform
+
+
+def shock_table(table: pa.Table, scenario: Scenario, industry_of: Mapping[str, str]) -> pa.Table:
+    """The scenario's change to a columnar invoice table (the event cache's columns), row by row as
+    :func:`event_transform` changes an event: shocked sales invoices get amount and tax scaled and
+    rounded to the fen, and the total is their sum.
+
+    Examples
+    --------
+    >>> t = pa.table({"enterprise_id": ["E1", "E2"], "direction": ["out", "out"],
+    ...     "issue_date": [dt.date(2019, 3, 1)] * 2, "amount": ["100.00", "100.00"], "tax": ["13.00", "13.00"],
+    ...     "total": ["113.00", "113.00"]})
+    >>> s = Scenario("x", (Shock(("manufacturing",), dt.date(2019, 1, 1), sales_multiplier=0.5),))
+    >>> shock_table(t, s, {"E1": "manufacturing"}).column("total").to_pylist()
+    ['56.50', '113.00']
+    """
+    if "tax" not in table.column_names:
+        raise ValueError("a scenario that scales sales needs the invoices' tax column")
+    cols = {name: table.column(name).to_pylist() for name in ("enterprise_id", "direction", "issue_date",
+                                                                 "amount", "tax", "total")}
+    amount, tax, total = list(cols["amount"]), list(cols["tax"]), list(cols["total"])
+    for i, (eid, direction, day) in enumerate(zip(cols["enterprise_id"], cols["direction"], cols["issue_date"],
+                                                  strict=True)):
+        if direction != "out":
+            continue
+        m = scenario.sales_multiplier(industry_of.get(eid, "unknown"), day)
+        if m == 1.0:
+            continue
+        a, t = _scale(Decimal(str(amount[i])), m), _scale(Decimal(str(tax[i])), m)
+        amount[i], tax[i], total[i] = str(a), str(t), str(a + t)
+    out = table
+    for name, values in (("amount", amount), ("tax", tax), ("total", total)):
+        out = out.set_column(out.column_names.index(name), name, pa.array(values, pa.string()))
+    return out

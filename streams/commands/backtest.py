@@ -1,8 +1,11 @@
-"""``riskmon backtest``: replay the invoices in event-time order in process and report the decisions.
+"""``riskmon backtest``: the credit decisions as of chosen dates, computed in process, and their report.
 
-Runs the live worker's pipeline functions over the in-memory adapters (no Kafka, no
-Redis): :mod:`streams.backtest` does the work, this module reads the inputs, draws the
-progress bars and writes the report.
+Three engines give the same states: ``columnar`` (default: the invoices folded once with
+DuckDB, states as of each date by cumulative sums, :mod:`streams.backtest.columnar`),
+``spark`` (the same fold as a PySpark job, :mod:`streams.backtest.spark`) and ``events``
+(the live worker's functions over the in-memory adapters, one event at a time,
+:mod:`streams.backtest.engine`). Scoring and allocation are the live pipeline's in all
+three. This module reads the inputs, draws the progress bars and writes the report.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from streams.cli import UserError, add_bundle_trust_arguments, load_trusted_bund
 from streams.dataset import DEFAULT_DATA_DIR
 
 SOLVERS = ("exact", "anneal", "rules")
+ENGINES = ("columnar", "spark", "events")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +52,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--cache-dir", type=Path, default=Path("var/cache"),
                         help="where the validated, sorted events are cached as Parquet (default: %(default)s)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="validate the invoice file again and hold all events in memory instead")
+                        help="events engine: validate the invoice file again and hold all events in memory instead")
+    parser.add_argument("--engine", choices=ENGINES, default="columnar",
+                        help="columnar (default: one DuckDB fold, states by cumulative sums), spark (the same fold "
+                             "as a PySpark job) or events (the live worker's functions, event by event)")
+    parser.add_argument("--spark-master", default="local[2]",
+                        help="Spark master URL for --engine spark: local[N], spark://HOST:7077, yarn, ... "
+                             "(default: %(default)s)")
+    parser.add_argument("--invoices", default=None,
+                        help="columnar/spark engines: a Parquet invoice table (file, folder or, for Spark, any "
+                             "URL its executors read) with the columns of docs/backtest.md, instead of the data "
+                             "set's validated invoices")
     parser.set_defaults(func=run)
 
 
@@ -101,10 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from allocator import AllocatorError, ChurnCurves
     from models.errors import ModelError
     from streams.adapters.memory import InMemoryRegistry
-    from streams.backtest.asof import parse_as_of
     from streams.backtest.outcomes import outcomes_from_enterprises
     from streams.backtest.report import write_report
-    from streams.backtest.run import BacktestConfig, run_backtest
+    from streams.backtest.run import BacktestConfig
     from streams.backtest.scenarios import load_scenario
     from streams.dataset import load_enterprises
     from streams.features.names import classify_name
@@ -146,51 +159,21 @@ def run(args: argparse.Namespace) -> int:
     outcomes = {e: o for e, o in outcomes_from_enterprises(enterprises).items() if wanted is None or e in wanted}
     industry_of = {e: classify_name(full_registry.get(e).name)[0] for e in full_registry.enterprise_ids()}  # type: ignore[union-attr]
 
+    config = BacktestConfig(budget_yuan=args.budget, solver=args.solver, seed=args.seed, lgd=args.lgd,
+                            flat_rate=args.flat_rate, flag_threshold=args.flag_threshold)
     with _progress(not args.no_progress) as progress:
-        task = progress.add_task("reading + validating invoices", total=None)
-        t0 = time.perf_counter()
-        events: Any
-        if args.no_cache:
-            events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
-            first, last = (events[0].issue_date, events[-1].issue_date) if events else (None, None)
-            n_events = len(events)
+        if args.engine == "events":
+            result, n_events, rejected, source = _run_events(args, wanted, progress, registry, scorer, allocate,
+                                                             outcomes, churn, config, scenario, industry_of)
         else:
-            from streams.backtest.eventcache import load_cached_events
-
-            try:
-                cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
-            except OSError as exc:
-                raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
-            cached = cached.only(wanted)
-            rejected, n_events = cached.rejected, len(cached)
-            first, last = (cached.first_date, cached.last_date) if n_events else (None, None)
-            events = cached.iter_events
-        load_s = time.perf_counter() - t0
-        if not n_events or first is None or last is None:
-            raise UserError("no valid invoice for the chosen enterprises")
-        try:
-            dates = parse_as_of(args.as_of, first, last)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        runs = 2 if scenario is not None and scenario.changes_events else 1
-        replay_task = progress.add_task("replaying in event-time order", total=n_events * runs)
-        config = BacktestConfig(budget_yuan=args.budget, solver=args.solver, seed=args.seed, lgd=args.lgd,
-                                flat_rate=args.flat_rate, flag_threshold=args.flag_threshold)
-        try:
-            result = run_backtest(events, dates, registry, scorer, allocate, outcomes, churn.churn, config,
-                                  scenario=scenario, industry_of=industry_of,
-                                  on_progress=lambda n: progress.advance(replay_task, n),
-                                  clock=time.perf_counter)
-        except AllocatorError as exc:
-            raise UserError(f"allocator: {exc}") from None
-    del events
-    result.timings_s["load_s"] = load_s
+            result, n_events, rejected, source = _run_columnar(args, wanted, progress, registry, scorer, allocate,
+                                                               outcomes, churn, config, scenario, industry_of)
     extra = {
         "data": str(args.data), "bundle": str(args.bundle), "bundle_version": scorer.version,
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
-        "n_events": n_events, "rejected_rows": rejected,
+        "n_events": n_events, "rejected_rows": rejected, "engine": args.engine,
         "scenario_file": str(args.scenario) if args.scenario else None,
-        "event_source": "validated on the fly" if args.no_cache else "validated Parquet cache",
+        "event_source": source,
     }
     t_report = time.perf_counter()
     paths = write_report(result, args.out, extra)
@@ -203,6 +186,177 @@ def run(args: argparse.Namespace) -> int:
     paths["summary.json"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(result, args.out, total_s, peak_rss_mb)
     return 0
+
+
+def _dates(args: argparse.Namespace, first: Any, last: Any, n_events: int) -> tuple[Any, ...]:
+    from streams.backtest.asof import parse_as_of
+
+    if not n_events or first is None or last is None:
+        raise UserError("no valid invoice for the chosen enterprises")
+    try:
+        return parse_as_of(args.as_of, first, last)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any, registry: Any, scorer: Any,
+                allocate: Any, outcomes: Any, churn: Any, config: Any, scenario: Any, industry_of: Any
+                ) -> tuple[Any, int, int, str]:
+    """The event-by-event replay through the live worker's functions."""
+    from allocator import AllocatorError
+    from streams.backtest.run import run_backtest
+
+    task = progress.add_task("reading + validating invoices", total=None)
+    t0 = time.perf_counter()
+    events: Any
+    if args.no_cache:
+        events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+        first, last = (events[0].issue_date, events[-1].issue_date) if events else (None, None)
+        n_events = len(events)
+    else:
+        from streams.backtest.eventcache import load_cached_events
+
+        try:
+            cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
+        except OSError as exc:
+            raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
+        cached = cached.only(wanted)
+        rejected, n_events = cached.rejected, len(cached)
+        first, last = (cached.first_date, cached.last_date) if n_events else (None, None)
+        events = cached.iter_events
+    load_s = time.perf_counter() - t0
+    dates = _dates(args, first, last, n_events)
+    runs = 2 if scenario is not None and scenario.changes_events else 1
+    replay_task = progress.add_task("replaying in event-time order", total=n_events * runs)
+    try:
+        result = run_backtest(events, dates, registry, scorer, allocate, outcomes, churn.churn, config,
+                              scenario=scenario, industry_of=industry_of,
+                              on_progress=lambda n: progress.advance(replay_task, n),
+                              clock=time.perf_counter)
+    except AllocatorError as exc:
+        raise UserError(f"allocator: {exc}") from None
+    result.timings_s["load_s"] = load_s
+    return result, n_events, rejected, "validated on the fly" if args.no_cache else "validated Parquet cache"
+
+
+def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any, registry: Any,
+                  scorer: Any, allocate: Any, outcomes: Any, churn: Any, config: Any, scenario: Any, industry_of: Any
+                  ) -> tuple[Any, int, int, str]:
+    """One fold into per-bin sums (DuckDB or Spark), states by cumulative sums, scores in large batches."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from allocator import AllocatorError
+    from streams.backtest.columnar import FoldTables, fold_duckdb, score_columnar
+    from streams.backtest.run import run_backtest
+    from streams.backtest.scenarios import shock_table
+
+    task = progress.add_task("reading invoices", total=None)
+    t0 = time.perf_counter()
+    rejected_before = 0
+    table: pa.Table | None = None
+    parquet: str | None = None
+    if args.invoices is not None:
+        parquet = str(args.invoices)
+        source = f"Parquet table {parquet}"
+        if args.engine == "columnar":
+            try:
+                table = pq.read_table(parquet)
+            except (OSError, pa.ArrowException) as exc:
+                raise UserError(f"cannot read --invoices {parquet}: {exc}") from None
+    else:
+        from streams.backtest.eventcache import load_cached_events
+
+        try:
+            cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
+        except OSError as exc:
+            raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
+        rejected_before = cached.rejected
+        table, parquet, source = cached.table, str(cached.path), "validated Parquet cache"
+    session = None
+    if args.engine == "spark":
+        from streams.backtest.spark import SparkFoldError, spark_session
+
+        try:
+            session = spark_session(args.spark_master)
+        except SparkFoldError as exc:
+            raise UserError(str(exc)) from None
+        span = session.read.parquet(parquet)
+        if wanted is not None:
+            span = span.where(span.enterprise_id.isin(sorted(wanted)))
+        row = span.selectExpr("MIN(CAST(issue_date AS DATE)) AS lo", "MAX(CAST(issue_date AS DATE)) AS hi",
+                              "COUNT(*) AS n").collect()[0]
+        first, last, n_rows = row["lo"], row["hi"], int(row["n"])
+    else:
+        if table is None:
+            raise UserError("no invoice table")
+        if wanted is not None:
+            table = table.filter(pc.is_in(table["enterprise_id"], value_set=pa.array(sorted(wanted), pa.string())))
+        if "issue_date" in table.column_names and table["issue_date"].type != pa.date32():
+            try:
+                table = table.set_column(table.column_names.index("issue_date"), "issue_date",
+                                         pc.cast(table["issue_date"], pa.date32()))
+            except pa.ArrowException as exc:
+                raise UserError(f"issue_date must be a date: {exc}") from None
+        span = pc.min_max(table["issue_date"]) if table.num_rows else None
+        first, last = (span["min"].as_py(), span["max"].as_py()) if span is not None else (None, None)
+        n_rows = table.num_rows
+    load_s = time.perf_counter() - t0
+    dates = _dates(args, first, last, n_rows)
+    fold_task = progress.add_task(f"folding {n_rows:,} invoices ({args.engine})", total=None)
+    t1 = time.perf_counter()
+    shocked_needed = scenario is not None and scenario.changes_events
+
+    def fold(shocked: bool) -> FoldTables:
+        if args.engine == "spark":
+            from streams.backtest.spark import SparkFoldError, fold_spark
+
+            if shocked:
+                raise UserError("--engine spark does not apply scenarios that scale sales; use --engine columnar")
+            try:
+                return fold_spark(session, parquet or "", dates, enterprise_ids=wanted)
+            except SparkFoldError as exc:
+                raise UserError(str(exc)) from None
+        src = table
+        if shocked:
+            try:
+                src = shock_table(table, scenario, industry_of)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        try:
+            return fold_duckdb(src, dates)
+        except Exception as exc:  # duckdb's own errors (a missing column, a bad type): one line
+            if type(exc).__module__.split(".")[0] != "duckdb" and not isinstance(exc, pa.ArrowException):
+                raise
+            raise UserError(f"cannot fold the invoices: {str(exc).splitlines()[0]}") from None
+
+    folds = {False: fold(False)}
+    if shocked_needed:
+        folds[True] = fold(True)
+    progress.update(fold_task, total=1, completed=1)
+    fold_s = time.perf_counter() - t1
+    score_task = progress.add_task("scoring enterprise-dates", total=None)
+
+    def replayer(*, shocked: bool, score_transform: Any, blind_ids: Any) -> Any:
+        return score_columnar(folds[shocked], registry, scorer, score_transform=score_transform,
+                              blind_ids=blind_ids,
+                              on_progress=lambda done, total: progress.update(score_task, total=total,
+                                                                              completed=done))
+
+    try:
+        result = run_backtest([], dates, registry, scorer, allocate, outcomes, churn.churn, config,
+                              scenario=scenario, industry_of=industry_of, clock=time.perf_counter,
+                              replayer=replayer)
+    except AllocatorError as exc:
+        raise UserError(f"allocator: {exc}") from None
+    finally:
+        if session is not None:
+            session.stop()
+    base = folds[False]
+    result.timings_s["load_s"] = load_s
+    result.timings_s["fold_s"] = fold_s
+    return result, base.n_events, rejected_before + base.n_rejected, source
 
 
 def make_allocate(churn: Any, *, lgd: float = 1.0) -> Any:

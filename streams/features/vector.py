@@ -6,6 +6,13 @@ Point-in-time correctness comes from what was folded: the backtest folds only th
 invoices issued up to the as-of date (event-time replay), and the live worker folds
 what it has received, which is never dated after its event-time watermark.
 
+The feature math lives once, in :func:`features_from_arrays` and
+:func:`sequences_from_window`, over a batch of enterprises held as arrays
+(:class:`MonthlyArrays`). :func:`to_vector` / :func:`to_sequence` read one
+enterprise's counters into those arrays; the columnar backtest
+(:mod:`streams.backtest.columnar`) builds them for thousands of enterprises and dates
+at once, so both paths run the very same arithmetic.
+
 Undefined values (a growth rate over an empty year, a rate with no invoices) are NaN;
 the model bundle's cleaning step imputes them.
 
@@ -25,20 +32,50 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES, SEQUENCE_CHANNELS, SEQUENCE_MONTHS
 from streams.features.fold import EnterpriseState, summary_keys
 
-_METRICS = ("n", "void", "valid", "amt", "tot", "gross", "ret", "retamt")
-_METRIC_INDEX = {f"{m}_{d}": i for i, (m, d) in enumerate((m, d) for d in ("in", "out") for m in _METRICS)}
-_WINDOW_MONTHS = 36
+#: The monthly counter metrics, in array row order (``{metric}_{direction}``).
+METRICS = ("n", "void", "valid", "amt", "tot", "gross", "ret", "retamt")
+DIRECTIONS = ("in", "out")
+METRIC_NAMES = tuple(f"{m}_{d}" for d in DIRECTIONS for m in METRICS)
+_METRIC_INDEX = {name: i for i, name in enumerate(METRIC_NAMES)}
+#: Months of history the features look at (three trailing years).
+WINDOW_MONTHS = 36
+_WINDOW_MONTHS = WINDOW_MONTHS
 
 
 def month_index(day: dt.date) -> int:
     """Months since year 0: consecutive months differ by one."""
     return day.year * 12 + day.month - 1
+
+
+@dataclass(frozen=True, slots=True)
+class MonthlyArrays:
+    """What the features of ``n`` enterprises are computed from, as of one month ``end``.
+
+    Attributes
+    ----------
+    window : (n, 16, 36) float64, counters per metric (:data:`METRIC_NAMES`) for months ``end-35 .. end``.
+    totals : (n, 16) float64, counters summed over every month up to ``end``.
+    first, last : (n,) float64, first and last month index with an invoice (NaN without one).
+    cp_count : (n, 2) float64, counterparties with an invoice, per direction (``in``, ``out``).
+    cpa_max, cpa_sum : (n, 2) float64, the largest and the summed valid positive fen per counterparty.
+    end : the as-of month index.
+    """
+
+    window: np.ndarray
+    totals: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    cp_count: np.ndarray
+    cpa_max: np.ndarray
+    cpa_sum: np.ndarray
+    end: int
 
 
 def _monthly(counters: Mapping[str, int], end_month: int) -> tuple[np.ndarray, np.ndarray, int | None, int | None]:
@@ -69,63 +106,82 @@ def _monthly(counters: Mapping[str, int], end_month: int) -> tuple[np.ndarray, n
     return window, totals, first, last
 
 
-def _growth(new: float, old: float) -> float:
-    return (new - old) / abs(old) if abs(old) >= 1.0 else math.nan
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else math.nan
-
-
-def _cv(series: np.ndarray) -> float:
-    mean = float(series.mean())
-    return float(series.std()) / mean if mean > 0 else math.nan
-
-
-def _signed_log(x: float) -> float:
-    return math.copysign(math.log1p(abs(x)), x)
-
-
-def to_vector(state: EnterpriseState, as_of: dt.date) -> dict[str, float]:
-    """The numeric features of :data:`models.schema.NUMERIC_FEATURES` as of ``as_of``."""
+def arrays_of(state: EnterpriseState, as_of: dt.date) -> MonthlyArrays:
+    """One enterprise's counters as a batch of one."""
     end = month_index(as_of)
     window, totals, first, last = _monthly(state.counters, end)
-    row = _METRIC_INDEX
+    # counterparty summaries kept by the fold (streams.features.fold.fold_delta): no scan of counterparties
+    c = state.counters
+    cp_count = np.zeros((1, 2))
+    cpa_max = np.zeros((1, 2))
+    cpa_sum = np.zeros((1, 2))
+    for i, d in enumerate(DIRECTIONS):
+        n_key, sum_key, max_key = summary_keys(d)
+        cp_count[0, i], cpa_sum[0, i], cpa_max[0, i] = c.get(n_key, 0), c.get(sum_key, 0), c.get(max_key, 0)
+    return MonthlyArrays(
+        window=window[None], totals=totals[None],
+        first=np.array([np.nan if first is None else first], dtype=np.float64),
+        last=np.array([np.nan if last is None else last], dtype=np.float64),
+        cp_count=cp_count, cpa_max=cpa_max, cpa_sum=cpa_sum, end=end,
+    )
 
-    def year(metric: str, k: int) -> float:  # sum over the k-th trailing 12-month block, in yuan or counts
-        block = window[row[metric], _WINDOW_MONTHS - 12 * (k + 1) : _WINDOW_MONTHS - 12 * k]
-        return float(block.sum())
+
+def _growth(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(old) >= 1.0, (new - old) / np.abs(old), np.nan)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def _cv(series: np.ndarray) -> np.ndarray:
+    """Coefficient of variation of each row (rows are contiguous: numpy sums each the same way for any batch)."""
+    series = np.ascontiguousarray(series)
+    mean = series.mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(mean > 0, series.std(axis=1) / mean, np.nan)
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    # libm's log1p, value by value: numpy's vectorised log1p may differ in the last bit
+    return np.array([math.copysign(math.log1p(abs(v)), v) for v in x.tolist()], dtype=np.float64)
+
+
+def features_from_arrays(a: MonthlyArrays) -> np.ndarray:
+    """The numeric features of :data:`models.schema.NUMERIC_FEATURES`, shape (n, features)."""
+    window, row = a.window, _METRIC_INDEX
+
+    def year(metric: str, k: int) -> np.ndarray:  # sum over the k-th trailing 12-month block
+        return window[:, row[metric], _WINDOW_MONTHS - 12 * (k + 1): _WINDOW_MONTHS - 12 * k].sum(axis=1)
 
     sales = [year("amt_out", k) / 100 for k in range(3)]
     cost = [year("amt_in", k) / 100 for k in range(3)]
     profit = [s - c for s, c in zip(sales, cost, strict=True)]
     income = [year("tot_out", k) / 100 for k in range(3)]
 
-    def avg_growth(values: list[float]) -> float:
-        rates = [g for g in (_growth(values[0], values[1]), _growth(values[1], values[2])) if not math.isnan(g)]
-        return float(np.mean(rates)) if rates else math.nan
+    def avg_growth(values: list[np.ndarray]) -> np.ndarray:
+        g1, g2 = _growth(values[0], values[1]), _growth(values[1], values[2])
+        both = (g1 + g2) / 2
+        return np.where(np.isnan(g1), g2, np.where(np.isnan(g2), g1, both))
 
-    t = {name: float(totals[i]) for name, i in row.items()}
+    t = {name: a.totals[:, i] for name, i in row.items()}
     n_in, n_out = t["n_in"], t["n_out"]
     n_inv = n_in + n_out
     n_valid = t["valid_in"] + t["valid_out"]
     n_void = t["void_in"] + t["void_out"]
     n_ret = t["ret_in"] + t["ret_out"]
-
-    # counterparty summaries kept by the fold (streams.features.fold.fold_delta): no scan of counterparties
-    c = state.counters
-    cp_count, cpa_sum, cpa_max = {}, {}, {}
-    for d in ("in", "out"):
-        n_key, sum_key, max_key = summary_keys(d)
-        cp_count[d], cpa_sum[d], cpa_max[d] = c.get(n_key, 0), c.get(sum_key, 0), c.get(max_key, 0)
-
-    monthly_sales = window[row["amt_out"]] / 100
-    active_12 = window[row["n_out"], -12:] + window[row["n_in"], -12:]
+    monthly_sales = window[:, row["amt_out"]] / 100
+    active_12 = window[:, row["n_out"], -12:] + window[:, row["n_in"], -12:]
+    i_in, i_out = DIRECTIONS.index("in"), DIRECTIONS.index("out")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.where(np.abs(sales[0]) >= 1.0, profit[0] / np.abs(sales[0]), np.nan)
     features = {
         "sales_y0": sales[0],
         "cost_y0": cost[0],
         "profit_y0": profit[0],
-        "margin_y0": profit[0] / abs(sales[0]) if abs(sales[0]) >= 1.0 else math.nan,
+        "margin_y0": margin,
         "sales_growth": _growth(sales[0], sales[1]),
         "cost_growth": _growth(cost[0], cost[1]),
         "profit_growth": _growth(profit[0], profit[1]),
@@ -151,17 +207,51 @@ def to_vector(state: EnterpriseState, as_of: dt.date) -> dict[str, float]:
         "n_in": n_in,
         "log_sales_y0": _signed_log(sales[0]),
         "log_cost_y0": _signed_log(cost[0]),
-        "n_buyers": float(cp_count["out"]),
-        "n_sellers": float(cp_count["in"]),
-        "top_buyer_share": _ratio(cpa_max["out"], cpa_sum["out"]),
-        "top_seller_share": _ratio(cpa_max["in"], cpa_sum["in"]),
-        "sales_cv_12m": _cv(monthly_sales[-12:]),
-        "sales_cv_24m": _cv(monthly_sales[-24:]),
-        "active_months_share_12m": float(np.count_nonzero(active_12)) / 12.0,
-        "months_since_first": float(end - first) if first is not None else math.nan,
-        "months_since_last": float(end - last) if last is not None else math.nan,
+        "n_buyers": a.cp_count[:, i_out],
+        "n_sellers": a.cp_count[:, i_in],
+        "top_buyer_share": _ratio(a.cpa_max[:, i_out], a.cpa_sum[:, i_out]),
+        "top_seller_share": _ratio(a.cpa_max[:, i_in], a.cpa_sum[:, i_in]),
+        "sales_cv_12m": _cv(monthly_sales[:, -12:]),
+        "sales_cv_24m": _cv(monthly_sales[:, -24:]),
+        "active_months_share_12m": np.count_nonzero(active_12, axis=1) / 12.0,
+        "months_since_first": a.end - a.first,
+        "months_since_last": a.end - a.last,
     }
-    return {name: features[name] for name in NUMERIC_FEATURES}
+    return np.stack([np.asarray(features[name], dtype=np.float64) for name in NUMERIC_FEATURES], axis=1)
+
+
+def to_vector(state: EnterpriseState, as_of: dt.date) -> dict[str, float]:
+    """The numeric features of :data:`models.schema.NUMERIC_FEATURES` as of ``as_of``."""
+    values = features_from_arrays(arrays_of(state, as_of))[0]
+    return {name: float(v) for name, v in zip(NUMERIC_FEATURES, values, strict=True)}
+
+
+def sequences_from_window(window: np.ndarray, n_months: int = SEQUENCE_MONTHS) -> np.ndarray:
+    """The monthly invoice histories of a batch, shape (n, channels, n_months), from (n, 16, 36) windows."""
+    if n_months > _WINDOW_MONTHS:
+        raise ValueError(f"n_months must be at most {_WINDOW_MONTHS}")
+    w = window[:, :, -n_months:]
+    row = _METRIC_INDEX
+
+    def signed_log(x: np.ndarray) -> np.ndarray:
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    def ch(metric: str) -> np.ndarray:
+        return w[:, row[metric]]
+
+    n_all = ch("n_in") + ch("n_out")
+    void_all = ch("void_in") + ch("void_out")
+    valid_all = ch("valid_in") + ch("valid_out")
+    ret_all = ch("ret_in") + ch("ret_out")
+    channels = {
+        "log_sales": signed_log(ch("amt_out") / 100),
+        "log_cost": signed_log(ch("amt_in") / 100),
+        "log_n_out": np.log1p(ch("n_out")),
+        "log_n_in": np.log1p(ch("n_in")),
+        "void_share": np.divide(void_all, n_all, out=np.zeros_like(n_all), where=n_all > 0),
+        "return_share": np.divide(ret_all, valid_all, out=np.zeros_like(valid_all), where=valid_all > 0),
+    }
+    return np.stack([channels[name] for name in SEQUENCE_CHANNELS], axis=1).astype(np.float32)
 
 
 def to_sequence(state: EnterpriseState, as_of: dt.date, n_months: int = SEQUENCE_MONTHS) -> np.ndarray:
@@ -172,23 +262,4 @@ def to_sequence(state: EnterpriseState, as_of: dt.date, n_months: int = SEQUENCE
     if n_months > _WINDOW_MONTHS:
         raise ValueError(f"n_months must be at most {_WINDOW_MONTHS}")
     window, _, _, _ = _monthly(state.counters, month_index(as_of))
-    w = window[:, -n_months:]
-    row = _METRIC_INDEX
-
-    def signed_log(x: np.ndarray) -> np.ndarray:
-        return np.sign(x) * np.log1p(np.abs(x))
-
-
-    n_all = w[row["n_in"]] + w[row["n_out"]]
-    void_all = w[row["void_in"]] + w[row["void_out"]]
-    valid_all = w[row["valid_in"]] + w[row["valid_out"]]
-    ret_all = w[row["ret_in"]] + w[row["ret_out"]]
-    channels = {
-        "log_sales": signed_log(w[row["amt_out"]] / 100),
-        "log_cost": signed_log(w[row["amt_in"]] / 100),
-        "log_n_out": np.log1p(w[row["n_out"]]),
-        "log_n_in": np.log1p(w[row["n_in"]]),
-        "void_share": np.divide(void_all, n_all, out=np.zeros_like(n_all), where=n_all > 0),
-        "return_share": np.divide(ret_all, valid_all, out=np.zeros_like(valid_all), where=valid_all > 0),
-    }
-    return np.stack([channels[name] for name in SEQUENCE_CHANNELS]).astype(np.float32)
+    return sequences_from_window(window[None], n_months)[0]
