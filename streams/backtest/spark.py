@@ -38,6 +38,7 @@ def spark_session(master: str = "local[2]", app_name: str = "riskmon-backtest", 
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.shuffle.partitions", "8"))
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
@@ -50,8 +51,8 @@ def spark_session(master: str = "local[2]", app_name: str = "riskmon-backtest", 
 
 
 def _to_arrow(frame: Any) -> pa.Table:
-    """A small Spark result as an Arrow table (through pandas, which Spark fills with Arrow)."""
-    return pa.Table.from_pandas(frame.toPandas(), preserve_index=False)
+    """A small Spark result as an Arrow table (``DataFrame.toArrow``, Spark 4)."""
+    return frame.toArrow()
 
 
 def fold_spark(
