@@ -6,7 +6,7 @@ name them). In one run:
 
 1. **Kafka replay** (the baseline): read the invoice file as ``riskmon replay`` does, publish every
    row to a fresh topic in event-time order while one ``riskmon worker`` consumes it; timed from the
-   start of reading to the last valid invoice applied in Redis. Worker CPU time and peak RSS are
+   start of reading to the last message processed (applied or dead-lettered, published, committed). Worker CPU time and peak RSS are
    sampled from ``/proc``; the producer's CPU is this process's.
 2. **Backtest, quarterly, first run**: ``riskmon backtest --as-of quarterly`` over all enterprises in
    a child process, with an *empty* event-cache folder, so the validation of every row and the
@@ -75,22 +75,19 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]
     """Phase 1: read + publish every invoice while one worker applies them; until the last is in Redis."""
     import benchlib
     import redis
-    from bench_stream import applied_count, delete_run_topics
+    from bench_stream import delete_run_topics, processed_count
 
     from streams.adapters.redis_store import clear_prefix
-    from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events, load_enterprises
+    from streams.dataset import DEFAULT_DATA_DIR
     from streams.replay import replay_records
     from tests.e2e.harness import Deployment, WorkerProcess
 
-    n_valid = sum(1 for e in iter_events(DEFAULT_DATA_DIR) if not isinstance(e, RejectedRow))  # not timed
-    enterprises = sorted(load_enterprises(DEFAULT_DATA_DIR)["enterprise_id"])
     run_id = uuid.uuid4().hex[:6]
     topic = f"bench-backtest-{run_id}-invoices"
     asyncio.run(benchlib.create_topic(bootstrap, topic, 4))
     dep = Deployment(f"bench-bt-{run_id}", bootstrap, redis_url, f"bench-bt-{run_id}", bundle,
                      budget_yuan=100_000_000, interval_s=5.0, invoices_topic=topic)
     client = redis.Redis.from_url(redis_url)
-    prefix = dep.redis_prefix.rstrip(":")
     worker = WorkerProcess(dep, "w0")
     sampler = _Sampler(worker)
     try:
@@ -102,12 +99,13 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]
         t_read = time.perf_counter()
         kv = [(r.key.encode(), r.value) for r in records]
         produce_s = asyncio.run(benchlib.produce(bootstrap, topic, kv)).seconds
-        while (n := applied_count(client, prefix, enterprises)) < n_valid:
+        # every message applied or dead-lettered, published and committed (the worker's /health)
+        while (n := processed_count([worker])) < len(kv):
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"worker died:\n{worker.log_tail()}")
             if time.perf_counter() - t0 > 3600:
-                raise RuntimeError(f"timed out: {n}/{n_valid} applied")
-            time.sleep(0.2)
+                raise RuntimeError(f"timed out: {n}/{len(kv)} processed")
+            time.sleep(0.5)
         wall = time.perf_counter() - t0
         producer_cpu = time.process_time() - cpu0
         sampler.stop()
@@ -119,7 +117,7 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]
         asyncio.run(benchlib.delete_topic(bootstrap, topic))
         asyncio.run(delete_run_topics(bootstrap, f"bench-bt-{run_id}"))
     return {"wall_s": round(wall, 2), "read_s": round(t_read - t0, 2), "produce_s": round(produce_s, 2),
-            "events_applied": n_valid, "worker_cpu_s": round(sampler.cpu_s, 2),
+            "messages_processed": len(kv), "worker_cpu_s": round(sampler.cpu_s, 2),
             "producer_cpu_s": round(producer_cpu, 2), "cpu_s": round(sampler.cpu_s + producer_cpu, 2),
             "worker_peak_rss_mb": round(sampler.peak_mb, 1),
             "not_counted": "the Kafka broker's and Redis's own CPU and memory"}
