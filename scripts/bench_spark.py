@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = ROOT / "var" / f"synthetic-{args.invoices}"
     t = time.perf_counter()
-    if not folder.exists():
-        write_synthetic(folder, args.invoices, args.enterprises)
+    if not folder.exists():  # written under a temporary name: an interrupted run never leaves half a history
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_synthetic(tmp, args.invoices, args.enterprises)
+        tmp.rename(folder)
     gen_s = time.perf_counter() - t
     size_mb = sum(p.stat().st_size for p in folder.glob("*.parquet")) / 1e6
     dates = parse_as_of("quarterly", dt.date(2016, 1, 1), dt.date(2020, 12, 31))
