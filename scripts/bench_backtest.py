@@ -71,7 +71,7 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]:
+def kafka_replay(bundle: Path, bootstrap: str, redis_url: str, unsigned: bool = False) -> dict[str, Any]:
     """Phase 1: read + publish every invoice while one worker applies them; until the last is in Redis."""
     import benchlib
     import redis
@@ -86,7 +86,8 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]
     topic = f"bench-backtest-{run_id}-invoices"
     asyncio.run(benchlib.create_topic(bootstrap, topic, 4))
     dep = Deployment(f"bench-bt-{run_id}", bootstrap, redis_url, f"bench-bt-{run_id}", bundle,
-                     budget_yuan=100_000_000, interval_s=5.0, invoices_topic=topic)
+                     budget_yuan=100_000_000, interval_s=5.0, invoices_topic=topic,
+                     extra_env={"RISKMON_ACCEPT_UNSIGNED_BUNDLES": "true"} if unsigned else {})
     client = redis.Redis.from_url(redis_url)
     worker = WorkerProcess(dep, "w0")
     sampler = _Sampler(worker)
@@ -123,11 +124,12 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str) -> dict[str, Any]
             "not_counted": "the Kafka broker's and Redis's own CPU and memory"}
 
 
-def backtest(bundle: Path, out: Path, as_of: str, cache_dir: Path, engine: str = "columnar") -> dict[str, Any]:
+def backtest(bundle: Path, out: Path, as_of: str, cache_dir: Path, engine: str = "columnar",
+             unsigned: bool = False) -> dict[str, Any]:
     """``riskmon backtest`` in a child process: wall, CPU and peak RSS of the child."""
     cmd = [sys.executable, "-m", "streams.cli", "backtest", "--bundle", str(bundle), "--as-of", as_of,
            "--budget", "100000000", "--out", str(out), "--cache-dir", str(cache_dir), "--engine", engine,
-           "--no-progress"]
+           "--no-progress", *(["--accept-unsigned-bundle"] if unsigned else [])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default=os.environ.get("RISKMON_KAFKA__BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--redis", default=os.environ.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--skip", default="", help="comma-separated: kafka,monthly,events")
+    parser.add_argument("--accept-unsigned-bundle", action="store_true", help="the bundle has no signature (development)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_backtest.json")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -175,19 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "kafka" not in skip:
             print("Kafka replay through one worker ...", flush=True)
-            result["kafka_replay"] = kafka_replay(bundle, args.bootstrap, args.redis)
+            result["kafka_replay"] = kafka_replay(bundle, args.bootstrap, args.redis, args.accept_unsigned_bundle)
             print(f"  {result['kafka_replay']}", flush=True)
         print("backtest, quarterly, first run (empty cache) ...", flush=True)
-        result["backtest_quarterly_first_run"] = backtest(bundle, work / "quarterly", "quarterly", cache_dir)
+        result["backtest_quarterly_first_run"] = backtest(bundle, work / "quarterly", "quarterly", cache_dir,
+                                                           unsigned=args.accept_unsigned_bundle)
         print(f"  {result['backtest_quarterly_first_run']}", flush=True)
         if "monthly" not in skip:
             print("backtest, monthly (event cache warm) ...", flush=True)
-            result["backtest_monthly_warm_cache"] = backtest(bundle, work / "monthly", "monthly", cache_dir)
+            result["backtest_monthly_warm_cache"] = backtest(bundle, work / "monthly", "monthly", cache_dir,
+                                                           unsigned=args.accept_unsigned_bundle)
             print(f"  {result['backtest_monthly_warm_cache']}", flush=True)
         if "events" not in skip:
             print("old event-by-event engine, quarterly (event cache warm) ...", flush=True)
             result["events_engine_quarterly_warm_cache"] = backtest(bundle, work / "events", "quarterly", cache_dir,
-                                                                    engine="events")
+                                                                    engine="events", unsigned=args.accept_unsigned_bundle)
             print(f"  {result['events_engine_quarterly_warm_cache']}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
