@@ -7,7 +7,7 @@ PYTHON ?= python3.11
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.riskmon-installed
 
-.PHONY: install demo test unit services-up services-down bench report clean
+.PHONY: install demo test unit services-up services-down browser bench report clean
 
 install: $(STAMP)
 
@@ -23,13 +23,16 @@ services-up:
 services-down:
 	scripts/services down
 
+browser:
+	scripts/browser
+
 demo: install
 	PATH=$(abspath $(VENV))/bin:$$PATH scripts/demo
 
 unit: install
 	$(PY) -m pytest -m "not services and not slow" -q
 
-test: install services-up
+test: install services-up browser
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q
 
 bench: install services-up

@@ -29,7 +29,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,12 +43,14 @@ from streams.adapters.kafka import KafkaPublisher, client_kwargs, make_producer
 from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
 from streams.errors import PublishFailed, StreamError
-from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore
+from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
+from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint, Source,
                               decide_allocation, merge_outcomes, poison_letter, process_batch)
 from streams.policy import IngestPolicy
-from streams.ports import BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore, ScoreStore
+from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
+                           ScoreStore)
 from streams.settings import Settings, TopicSettings
 
 T = TypeVar("T")
@@ -114,6 +116,7 @@ class WorkerContext:
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], dt.datetime] = utc_now
     drift: ScoreDriftWatch = field(default_factory=ScoreDriftWatch)
+    alert_states: AlertStateStore | None = None  # None: no early-warning alerts
 
     def policy(self) -> AllocationPolicy:
         a = self.settings.allocator
@@ -122,17 +125,28 @@ class WorkerContext:
 
 @dataclass(frozen=True)
 class Outputs:
-    """The worker's four outputs, as publisher ports (Kafka topics in the worker, lists in tests)."""
+    """The worker's outputs, as publisher ports (Kafka topics in the worker, lists in tests); ``alerts`` optional."""
 
     dead_letters: BatchPublisher[DeadLetter]
     scores: BatchPublisher[EnterpriseScore]
     credit_lines: BatchPublisher[CreditLine]
     allocations: BatchPublisher[AllocationSummary]
+    alerts: BatchPublisher[RiskAlert] | None = None
 
     @classmethod
     def kafka(cls, producer: AIOKafkaProducer, topics: TopicSettings) -> Outputs:
         return cls(KafkaPublisher(producer, topics.dlq), KafkaPublisher(producer, topics.scores),
-                   KafkaPublisher(producer, topics.credit_lines), KafkaPublisher(producer, topics.allocations))
+                   KafkaPublisher(producer, topics.credit_lines), KafkaPublisher(producer, topics.allocations),
+                   KafkaPublisher(producer, topics.alerts))
+
+
+def live_alerts(ctx: WorkerContext, publisher: BatchPublisher[RiskAlert] | None,
+                in_thread: Callable[[Callable[[], Any]], Awaitable[Any]]) -> LiveAlerts | None:
+    """The worker's alert hook, or None when alerts are disabled or have no state store or publisher."""
+    s = ctx.settings
+    if ctx.alert_states is None or publisher is None or not s.alerts.enabled:
+        return None
+    return LiveAlerts(publisher, ctx.alert_states, ctx.features, s.alerts.rules(), ctx.metrics, ctx.clock, in_thread)
 
 
 class Record(Protocol):
@@ -181,6 +195,7 @@ class WorkerCore:
         self.policy = IngestPolicy.from_settings(ctx.settings.ingest)
         for component in ("store", "kafka"):  # the series exist (at 0) before anything fails
             ctx.metrics.degraded.labels(component=component).set(0)
+        self.alerts = live_alerts(ctx, outputs.alerts, self._in_thread)
 
     # ------------------------------------------------------------------ lifecycle and state
 
@@ -239,6 +254,9 @@ class WorkerCore:
                             refused=_without_payload)
         await self._publish(self.outputs.scores, [(sc.enterprise_id, sc) for sc in outcome.scores])
         published_ms = time.time() * 1000
+        alarms = ctx.drift.observe(outcome.scores)
+        if self.alerts is not None:  # early warnings, before the shell commits the batch (at least once)
+            await self.alerts.after_batch(outcome.scores, outcome.dead_letters, alarms)
         m.batches.inc()
         m.events.labels(outcome="applied").inc(outcome.applied.applied)
         m.events.labels(outcome="duplicate").inc(outcome.applied.duplicates)
@@ -248,7 +266,7 @@ class WorkerCore:
             log.warning("dead letter topic=%s partition=%s offset=%s reason=%s: %s", d.source_topic,
                         d.source_partition, d.source_offset, d.reason, d.error)
         m.scores.inc(len(outcome.scores))
-        for alarm in ctx.drift.observe(outcome.scores):
+        for alarm in alarms:
             m.drift_alarms.labels(signal=str(alarm.key)).inc()
             log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
                         alarm.n_seen, alarm.value)
@@ -357,6 +375,9 @@ class WorkerCore:
             await self._publish(self.outputs.scores, [(x.enterprise_id, x) for x in step.refreshed])
             await self._publish(self.outputs.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
             await self._publish(self.outputs.allocations, [(outcome.summary.allocation_id, outcome.summary)])
+            if self.alerts is not None:  # early warnings on cut and closed lines
+                await self.alerts.after_allocation(outcome.changed)
+
             def remember() -> None:
                 ctx.scores.put_many(step.refreshed)
                 ctx.lines.put_many(outcome.changed)
@@ -523,8 +544,8 @@ def build_context(settings: Settings) -> WorkerContext:
     from models.bundle import load_bundle
     from streams.adapters.allocation import make_allocate
     from streams.adapters.memory import InMemoryRegistry
-    from streams.adapters.redis_store import (RedisCreditLineStore, RedisFeatureStore, RedisRegistry,
-                                              RedisScoreStore, connect)
+    from streams.adapters.redis_store import (RedisAlertStateStore, RedisCreditLineStore, RedisFeatureStore,
+                                              RedisRegistry, RedisScoreStore, connect)
 
     client = connect(settings.redis)
     prefix = settings.redis.prefix
@@ -539,7 +560,8 @@ def build_context(settings: Settings) -> WorkerContext:
     features = RedisFeatureStore(client, prefix, dedup_window_months=settings.redis.dedup_window_months)
     return WorkerContext(settings=settings, features=CachedFeatureStore(features),
                          scores=RedisScoreStore(client, prefix), lines=RedisCreditLineStore(client, prefix),
-                         registry=registry, scorer=scorer, allocate=make_allocate(churn))
+                         registry=registry, scorer=scorer, allocate=make_allocate(churn),
+                         alert_states=RedisAlertStateStore(client, prefix))
 
 
 def create_app(settings: Settings, ctx: WorkerContext) -> Any:

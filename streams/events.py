@@ -372,10 +372,40 @@ def error_detail(error: ValidationError) -> str:
     return f"{loc}: {first['type']}: {first['msg']}".replace("\n", " ")
 
 
+class RiskAlert(_Event):
+    """An early warning (topic ``risk-alerts``): one rule fired for one subject.
+
+    ``subject`` is the enterprise id for the per-enterprise rules, ``portfolio:<signal>`` for a
+    drift alarm and ``producer:<key>`` for a burst of dead letters. A rule fires once per
+    subject and stays quiet until it clears (:mod:`streams.alerts`). ``value_before`` /
+    ``value_after`` carry numbers (default probability, yuan, counts), ``label_before`` /
+    ``label_after`` ratings. ``score_event_id`` (``enterprise@as_of@scored_at``) and
+    ``line_event_id`` (``allocation_id/enterprise``) point back at the events that fired it.
+    """
+
+    schema_version: Literal[1] = EVENT_SCHEMA_VERSION
+    alert_id: str
+    rule: Literal["rating_downgrade", "pd_threshold", "pd_jump", "line_cut", "line_closed", "sales_drop", "drift",
+                  "dlq_burst"]
+    severity: Literal["info", "warning", "critical"]
+    subject: str
+    enterprise_id: str | None = None
+    as_of: dt.date | None = None
+    value_before: float | None = None
+    value_after: float | None = None
+    label_before: str | None = None
+    label_after: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    score_event_id: str | None = None
+    line_event_id: str | None = None
+    raised_at: dt.datetime
+
+
 WIRE_SCHEMAS: Final[dict[str, type[BaseModel]]] = {
     "InvoiceEvent": InvoiceEvent,
     "EnterpriseScore": EnterpriseScore,
     "CreditLine": CreditLine,
     "AllocationSummary": AllocationSummary,
     "DeadLetter": DeadLetter,
+    "RiskAlert": RiskAlert,
 }

@@ -55,6 +55,10 @@ class Metrics:
                                     ["signal"], registry=r)
         self.degraded = Gauge("riskmon_degraded", "1 while a service the worker needs is failing (it waits and retries)",
                               ["component"], registry=r)
+        self.alerts = Counter("riskmon_alerts", "Early-warning alerts published to risk-alerts, by rule", ["rule"],
+                              registry=r)
+        self.alert_failures = Counter("riskmon_alert_failures", "Batches whose alerts could not be evaluated or published",
+                                      registry=r)
         self._fresh: deque[float] = deque(maxlen=freshness_samples)
 
     def dead_letter(self, reason: str) -> None:

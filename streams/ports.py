@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
-from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore
+from streams.alerts import WatchState
+from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
 from streams.features.fold import EnterpriseState
 
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -190,6 +191,16 @@ class CreditLineStore(Protocol):
     def all(self) -> dict[str, CreditLine]: ...
 
 
+class AlertStateStore(Protocol):
+    """The early-warning rules' state per ``family:subject`` key (:class:`streams.alerts.WatchState`)."""
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, WatchState | None]:
+        """The state of every key (None where there is none yet)."""
+        ...
+
+    def put_many(self, states: Mapping[str, WatchState]) -> None: ...
+
+
 class EnterpriseRegistry(Protocol):
     """The bank's list of client enterprises: names and known ratings."""
 
@@ -220,6 +231,7 @@ ScorePublisher = Publisher[EnterpriseScore]
 CreditLinePublisher = Publisher[CreditLine]
 AllocationPublisher = Publisher[AllocationSummary]
 DeadLetterPublisher = Publisher[DeadLetter]
+AlertPublisher = Publisher[RiskAlert]
 
 
 def publish_all(publisher: Publisher[T_contra], items: Iterable[tuple[str, T_contra]]) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -36,6 +36,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from streams.dataset import DEFAULT_DATA_DIR
 from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS
+
+if TYPE_CHECKING:
+    from streams.alerts import AlertRules
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,6 +66,7 @@ class TopicSettings(_Section):
     scores: str = "enterprise-scores"
     credit_lines: str = "credit-lines"
     allocations: str = "credit-allocations"
+    alerts: str = "risk-alerts"
     partitions: int = Field(default=4, ge=1)
     replication: int = Field(default=1, ge=1)
     # None: the broker's default. On a three-broker cluster: replication 3, min_insync_replicas 2
@@ -78,7 +82,7 @@ class TopicSettings(_Section):
 
     def prefixed(self, prefix: str) -> TopicSettings:
         """The same topics with names starting with ``prefix`` (tests use unique prefixes)."""
-        names = ("invoices", "dlq", "scores", "credit_lines", "allocations")
+        names = ("invoices", "dlq", "scores", "credit_lines", "allocations", "alerts")
         return self.model_copy(update={n: prefix + getattr(self, n) for n in names})
 
 
@@ -133,6 +137,32 @@ class AllocatorSettings(_Section):
     min_scores: int = Field(default=1, ge=1)  # do not allocate before this many enterprises are scored
 
 
+class AlertSettings(_Section):
+    """Early-warning thresholds (:mod:`streams.alerts`); ``enabled=False`` publishes no alerts."""
+
+    enabled: bool = True
+    pd_threshold: float = Field(default=0.5, gt=0, le=1)  # default probability that raises pd_threshold
+    pd_step: float = Field(default=0.15, gt=0, le=1)  # rise since the previous score that raises pd_jump
+    sales_drop: float = Field(default=0.5, gt=0, le=1)  # month-on-month fall of sales that raises sales_drop
+    sales_min_yuan: float = Field(default=10_000.0, ge=0)  # ...when the earlier month sold at least this
+    dlq_burst: int = Field(default=20, ge=1)  # dead letters of one producer within dlq_window_s
+    dlq_window_s: float = Field(default=60.0, gt=0)
+
+    def rules(self) -> AlertRules:
+        from streams.alerts import AlertRules
+
+        return AlertRules(self.pd_threshold, self.pd_step, self.sales_drop, self.sales_min_yuan, self.dlq_burst,
+                          self.dlq_window_s)
+
+
+class ConsoleSettings(_Section):
+    """``riskmon console``: the read-only web console (loopback by default)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8088, ge=0, le=65535)
+    page_size: int = Field(default=50, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKMON_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
@@ -143,6 +173,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     ingest: IngestSettings = IngestSettings()
     allocator: AllocatorSettings = AllocatorSettings()
+    alerts: AlertSettings = AlertSettings()
+    console: ConsoleSettings = ConsoleSettings()
     bundle_dir: Path = _ROOT / "var" / "bundle"
     bundle_signing_key: Path = _ROOT / "var" / "keys" / "bundle-signing.key"  # `riskmon train` signs with it
     bundle_public_key: Path = _ROOT / "var" / "keys" / "bundle-signing.pub"  # loaders trust only this key

@@ -47,15 +47,20 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 
 def topic_specs(topics: TopicSettings) -> list[NewTopic]:
-    """The five topics: ``invoices`` and the DLQ append-only, scores and credit lines compacted.
+    """The topics: ``invoices``, the DLQ and ``risk-alerts`` append-only, scores and credit lines compacted.
 
-    ``topics.min_insync_replicas``, when set, goes into every topic's config.
+    ``topics.min_insync_replicas``, when set, goes into every topic's config. ``risk-alerts`` is not
+    compacted: each alert is an event in a history (an enterprise can have several open rules, and an
+    alert that fired, cleared and fired again happened twice), not the latest state of a key;
+    compaction would keep only the last alert per subject.
 
     Examples
     --------
     >>> specs = topic_specs(TopicSettings(replication=3, min_insync_replicas=2))
     >>> [(s.name, s.replication_factor, s.topic_configs) for s in specs][2]
     ('enterprise-scores', 3, {'min.insync.replicas': '2', 'cleanup.policy': 'compact'})
+    >>> specs[-1].name, specs[-1].topic_configs
+    ('risk-alerts', {'min.insync.replicas': '2'})
     """
     base = {} if topics.min_insync_replicas is None else {"min.insync.replicas": str(topics.min_insync_replicas)}
     compact = {**base, "cleanup.policy": "compact"}
@@ -65,6 +70,7 @@ def topic_specs(topics: TopicSettings) -> list[NewTopic]:
         NewTopic(topics.scores, topics.partitions, topics.replication, topic_configs=compact),
         NewTopic(topics.credit_lines, topics.partitions, topics.replication, topic_configs=dict(compact)),
         NewTopic(topics.allocations, 1, topics.replication, topic_configs=dict(base)),
+        NewTopic(topics.alerts, topics.partitions, topics.replication, topic_configs=dict(base)),
     ]
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from streams.alerts import WatchState
 from streams.events import CreditLine, EnterpriseScore
 from streams.adapters.dedup import DedupState, commit, judge
 from streams.eventtime import merge_latest, quorum_watermark
@@ -152,6 +153,19 @@ class InMemoryCreditLineStore:
 
     def all(self) -> dict[str, CreditLine]:
         return dict(self._lines)
+
+
+class InMemoryAlertStateStore:
+    """Alert rule states in a dict (the backtest keeps its alert state here)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, WatchState] = {}
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, WatchState | None]:
+        return {k: self._states.get(k) for k in keys}
+
+    def put_many(self, states: Mapping[str, WatchState]) -> None:
+        self._states.update(states)
 
 
 class InMemoryRegistry:

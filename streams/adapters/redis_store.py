@@ -14,6 +14,8 @@ split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every e
     {prefix}:v2:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
     {prefix}:v2:watermark           str   the event-time watermark (ISO, compared as text)
     {prefix}:v2:latest              zset  client id -> its latest issue date (YYYYMMDD): the watermark's quorum
+    {prefix}:v2:{E123}:alerts       hash  alert rule family (score, sales, line) -> WatchState JSON
+    {prefix}:v2:alerts              hash  portfolio-wide alert subject (drift:..., dlq:...) -> WatchState JSON
 
 A micro-batch is one pipelined round trip, not a transaction: per enterprise one EVALSHA
 carrying the batch's deltas folded in Python into one sum, plus one SADD per bucket. The
@@ -40,6 +42,7 @@ import redis
 import redis.cluster
 
 from streams.adapters.dedup import content_key, fence_field, id_hash
+from streams.alerts import WatchState
 from streams.errors import CorruptState, StoreUnavailable
 from streams.events import CreditLine, EnterpriseScore
 from streams.features.fold import EnterpriseState, check_delta
@@ -505,6 +508,46 @@ class RedisCreditLineStore:
 
     def all(self) -> dict[str, CreditLine]:
         return {k: CreditLine.model_validate_json(v) for k, v in self._h.all("all lines").items()}
+
+
+class RedisAlertStateStore:
+    """:class:`streams.ports.AlertStateStore` on Redis: per-enterprise hashes (hash-tagged), one global hash.
+
+    A key ``family:subject`` whose subject is a known enterprise family (``score``, ``sales``,
+    ``line``) lives in ``{prefix}:v1:{subject}:alerts``; the others in ``{prefix}:v1:alerts``.
+    """
+
+    _PER_ENTERPRISE: Final = ("score", "sales", "line")
+
+    def __init__(self, client: redis.Redis, prefix: str = "riskmon") -> None:
+        self._r = client
+        self._k = _Keys(prefix)
+
+    def _where(self, key: str) -> tuple[str, str]:
+        family, _, subject = key.partition(":")
+        if family in self._PER_ENTERPRISE and subject:
+            return self._k.ent(subject, "alerts"), family
+        return self._k.glob("alerts"), key
+
+    def load_many(self, keys: Sequence[str]) -> dict[str, WatchState | None]:
+        if not keys:
+            return {}
+        with _translated("load alert states"):
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hget(*self._where(key))
+            raw = pipe.execute()
+        return {key: WatchState.from_json(value) for key, value in zip(keys, raw, strict=True)}
+
+    def put_many(self, states: Mapping[str, WatchState]) -> None:
+        if not states:
+            return
+        with _translated("put alert states"):
+            pipe = self._r.pipeline(transaction=False)
+            for key, state in states.items():
+                name, field_ = self._where(key)
+                pipe.hset(name, field_, state.to_json())
+            pipe.execute()
 
 
 class RedisRegistry:

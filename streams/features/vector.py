@@ -263,3 +263,22 @@ def to_sequence(state: EnterpriseState, as_of: dt.date, n_months: int = SEQUENCE
         raise ValueError(f"n_months must be at most {_WINDOW_MONTHS}")
     window, _, _, _ = _monthly(state.counters, month_index(as_of))
     return sequences_from_window(window[None], n_months)[0]
+
+
+def monthly_yuan(counters: Mapping[str, int], metric: str = "amt_out") -> dict[int, float]:
+    """One monthly counter in yuan per month index (``amt_out``: valid sales, ``amt_in``: purchases, net of tax).
+
+    Examples
+    --------
+    >>> monthly_yuan({"m:201912:amt_out": 150_000, "m:201912:amt_in": 7, "m:202001:amt_out": 50})
+    {24239: 1500.0, 24240: 0.5}
+    >>> monthly_yuan({"m:201912:amt_in": 7}, "amt_in")
+    {24239: 0.07}
+    """
+    suffix = ":" + metric
+    out: dict[int, float] = {}
+    for key, value in counters.items():
+        if key.startswith("m:") and key.endswith(suffix):
+            m = int(key[2:6]) * 12 + int(key[6:8]) - 1
+            out[m] = out.get(m, 0.0) + value / 100.0
+    return out

@@ -12,6 +12,7 @@ from streams.adapters.memory import InMemoryRegistry
 from redis.crc import key_slot
 
 from streams.adapters.redis_store import (
+    RedisAlertStateStore,
     RedisCreditLineStore,
     RedisFeatureStore,
     RedisRegistry,
@@ -26,6 +27,7 @@ from streams.features.vector import month_index
 from streams.pipeline import Source, apply_events
 from streams.ports import DeltaItem
 from tests.unit.streams.contracts import (
+    AlertStateStoreContract,
     CreditLineStoreContract,
     FeatureStoreContract,
     ScoreStoreContract,
@@ -45,6 +47,12 @@ class TestRedisScoreStore(ScoreStoreContract):
     @pytest.fixture
     def store(self, redis_client: redis.Redis, stream_prefix: str) -> RedisScoreStore:
         return RedisScoreStore(redis_client, stream_prefix)
+
+
+class TestRedisAlertStateStore(AlertStateStoreContract):
+    @pytest.fixture
+    def store(self, redis_client: redis.Redis, stream_prefix: str) -> RedisAlertStateStore:
+        return RedisAlertStateStore(redis_client, stream_prefix)
 
 
 class TestRedisCreditLineStore(CreditLineStoreContract):

@@ -239,3 +239,34 @@ class CreditLineStoreContract:
         store.put_many([make_line("E1", 300_000.0)])
         lines = store.all()
         assert lines["E1"].amount_yuan == 300_000.0 and lines["E2"] == make_line("E2", 0.0, 0.0)
+
+
+class AlertStateStoreContract:
+    @pytest.fixture
+    def store(self):  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def test_missing_keys_are_none(self, store) -> None:
+        assert store.load_many(["score:E1", "drift:default_probability"]) == {"score:E1": None,
+                                                                             "drift:default_probability": None}
+
+    def test_round_trip_per_enterprise_and_global(self, store) -> None:
+        from streams.alerts import WatchState
+
+        states = {"score:E1": WatchState({"pd_threshold": 0.2}, {"pd": 0.7, "rating": "D"}),
+                  "line:E1": WatchState({}, {"amount": 0.0}),
+                  "dlq:producer-9": WatchState({"dlq_burst": 123}, {"bucket": 123, "count": 30, "reasons": ["x"]})}
+        store.put_many(states)
+        loaded = store.load_many(list(states) + ["score:E2"])
+        assert loaded["score:E2"] is None
+        for key, state in states.items():
+            assert dict(loaded[key].open) == dict(state.open)
+            assert dict(loaded[key].last) == dict(state.last)
+
+    def test_put_overwrites(self, store) -> None:
+        from streams.alerts import WatchState
+
+        store.put_many({"score:E1": WatchState({"pd_jump": 0.1}, {"pd": 0.5})})
+        store.put_many({"score:E1": WatchState({}, {"pd": 0.2})})
+        state = store.load_many(["score:E1"])["score:E1"]
+        assert dict(state.open) == {} and state.last["pd"] == 0.2

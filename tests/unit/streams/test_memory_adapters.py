@@ -9,7 +9,8 @@ from streams.adapters.memory import (
     InMemoryScoreStore,
 )
 from streams.dataset import DEFAULT_DATA_DIR
-from tests.unit.streams.contracts import CreditLineStoreContract, FeatureStoreContract, ScoreStoreContract
+from tests.unit.streams.contracts import (AlertStateStoreContract, CreditLineStoreContract, FeatureStoreContract,
+                                          ScoreStoreContract)
 
 
 class TestInMemoryFeatureStore(FeatureStoreContract):
@@ -22,6 +23,14 @@ class TestInMemoryScoreStore(ScoreStoreContract):
     @pytest.fixture
     def store(self) -> InMemoryScoreStore:
         return InMemoryScoreStore()
+
+
+class TestInMemoryAlertStateStore(AlertStateStoreContract):
+    @pytest.fixture
+    def store(self):
+        from streams.adapters.memory import InMemoryAlertStateStore
+
+        return InMemoryAlertStateStore()
 
 
 class TestInMemoryCreditLineStore(CreditLineStoreContract):
