@@ -188,9 +188,10 @@ def enterprise_page(eid: str, name: str | None, score: EnterpriseScore | None, l
                                   [d.isoformat() for d in days], y_fmt=lambda v: "DCBA"[int(round(v))] if 0 <= v <= 3
                                   else "", y_min=0.0, y_max=3.0) + "</div></section>")
     if features:
-        rows = [[esc(k), f"{v:,.4g}" if v == v else "–"] for k, v in features.items()]
-        parts.append("<section><h2>Features (as of the watermark)</h2>" + _table(["feature", "value"], rows,
-                                                                                tid="features") + "</section>")
+        items = "".join(f"<div><dt>{esc(k)}</dt><dd>{f'{v:,.4g}' if v == v else '–'}</dd></div>"
+                        for k, v in features.items())
+        parts.append(f"<section><h2>Features (as of the watermark)</h2><dl class=features id=features>{items}</dl>"
+                     "</section>")
     parts.append("<section><h2>Alerts</h2>" + alerts_list(alerts) + "</section>")
     return layout(f"Enterprise {eid}", "".join(parts), banner=banner)
 
@@ -258,7 +259,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[tuple[int, float]]]], x_labe
             if len(pts) <= 60 else ""
         paths.append(f'<path d="{d}" fill="none" stroke="{colour}" stroke-width="1.6"/>{dots}'
                      f'<text x="{_W - _PAD}" y="{14 + 14 * k}" text-anchor="end" fill="{colour}">{esc(label)}</text>')
-    axes = (f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" class=axis/>'
+    axes = (f'<line x1="{_PAD}" y1="{_H - _PAD}" x2="{_W - _PAD}" y2="{_H - _PAD}" class="axis"/>'
             f'<text x="{_PAD - 4}" y="{y(hi) + 4:.1f}" text-anchor="end">{esc(str(y_fmt(hi)))}</text>'
             f'<text x="{_PAD - 4}" y="{y(lo) + 4:.1f}" text-anchor="end">{esc(str(y_fmt(lo)))}</text>')
     if x_labels:
@@ -288,7 +289,7 @@ def bar_chart(rows: Sequence[tuple[str, float, float]], labels: tuple[str, str])
             bars.append(f'<rect x="{_PAD + i * step + k * bw:.1f}" y="{top:.1f}" width="{bw:.1f}" '
                         f'height="{max(0.5, bottom - top):.1f}" fill="{_COLOURS[k]}"><title>{esc(month)} '
                         f'{labels[k]}: {v:,.0f}</title></rect>')
-    axes = (f'<line x1="{_PAD}" y1="{y(0.0):.1f}" x2="{_W - _PAD}" y2="{y(0.0):.1f}" class=axis/>'
+    axes = (f'<line x1="{_PAD}" y1="{y(0.0):.1f}" x2="{_W - _PAD}" y2="{y(0.0):.1f}" class="axis"/>'
             f'<text x="{_PAD - 4}" y="{y(hi) + 4:.1f}" text-anchor="end">{hi / 1e3:,.0f}k</text>'
             f'<text x="{_PAD}" y="{_H - _PAD + 16}">{esc(rows[0][0])}</text>'
             f'<text x="{_W - _PAD}" y="{_H - _PAD + 16}" text-anchor="end">{esc(rows[-1][0])}</text>'

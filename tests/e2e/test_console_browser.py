@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class ConsoleProcess:
     def __init__(self, deployment: Deployment) -> None:
         self.port = free_port()
         deployment.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = deployment.log_dir / f"{deployment.name}-console.log"
+        self.log_path = deployment.log_dir / f"{deployment.name}-web-console.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "streams.cli", "console", "--port", str(self.port)],
@@ -100,9 +101,15 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
+def off_loop(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` in a thread: playwright's sync API keeps an event loop running in this one (no asyncio.run)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
 def _latest(deployment: Deployment, topic: str, model: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for _, value, _ in read(deployment, topic):
+    for _, value, _ in off_loop(read, deployment, topic):
         event = model.model_validate_json(value)
         out[event.enterprise_id] = event
     return out
@@ -115,7 +122,7 @@ def _number(text: str) -> float:
 def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         deployment: Deployment, records: list[ReplayRecord], browser: Any) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    worker = WorkerProcess(deployment, "console")
+    worker = WorkerProcess(deployment, "worker")
     console = ConsoleProcess(deployment)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
@@ -128,7 +135,7 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         page.goto(console.url + "/alerts")
         page.wait_for_function("document.getElementById('feed-state').textContent === 'connected'", timeout=20_000)
         page.evaluate("window.__notReloaded = true")
-        publish(deployment, records)
+        off_loop(publish, deployment, records)
         page.wait_for_selector("ul.alerts li[data-alert-id]", timeout=120_000)
         assert page.evaluate("window.__notReloaded === true"), "the page reloaded: the feed is not live"
         first = page.locator("ul.alerts li[data-alert-id]").first
@@ -141,7 +148,7 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         topics = deployment.topics()
         lines = _latest(deployment, topics.credit_lines, CreditLine)
         scores = _latest(deployment, topics.scores, EnterpriseScore)
-        alerts = [RiskAlert.model_validate_json(v) for _, v, _ in read(deployment, topics.alerts)]
+        alerts = [RiskAlert.model_validate_json(v) for _, v, _ in off_loop(read, deployment, topics.alerts)]
         total = sum(x.amount_yuan for x in lines.values())
         assert set(lines) == set(SLICE) and alerts
         wait_for(lambda: (p := console.get_json("/api/portfolio")) and p["n_enterprises"] == len(lines)
@@ -181,7 +188,9 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         page.goto(console.url + f"/enterprise/{alerted}")
         assert page.inner_text("#pd") == f"{scores[alerted].default_probability * 100:.1f}%"
         assert _number(page.inner_text("#line-amount")) == round(lines[alerted].amount_yuan)
-        assert page.locator("#sales-chart rect").count() > 0
+        bars = page.locator("#sales-chart rect")
+        assert bars.count() > 0 and bars.first.bounding_box() is not None  # drawn, not just in the markup
+        assert page.locator("svg.chart path").first.bounding_box() is not None
         n_alerts = sum(1 for a in alerts if a.enterprise_id == alerted)
         assert page.locator("ul.alerts li[data-alert-id]").count() == n_alerts
         page.screenshot(path=str(ARTIFACTS / "enterprise.png"), full_page=True)
