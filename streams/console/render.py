@@ -222,8 +222,8 @@ def alerts_list(alerts: Sequence[RiskAlert], *, feed: bool = False) -> str:
 
 
 def alerts_page(alerts: Sequence[RiskAlert], counts: Mapping[str, int], *, banner: str = "") -> str:
-    summary = " · ".join(f"{esc(k)} <b data-count='{esc(k)}'>{v:,}</b>" for k, v in counts.items())
-    body = (f"<p>{summary or 'No alerts yet.'}</p><p class=muted>New alerts appear here as they are published "
+    summary = " ".join(f"<span>{esc(k)} <b data-count='{esc(k)}'>{v:,}</b></span>" for k, v in counts.items())
+    body = (f"<p id=alert-counts>{summary}</p><p class=muted>New alerts appear here as they are published "
             f"(live, <span id=feed-state>connecting…</span>).</p>" + alerts_list(alerts, feed=True))
     return layout("Alerts", body, active="alerts", banner=banner)
 

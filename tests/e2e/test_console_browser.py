@@ -140,6 +140,8 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         assert page.evaluate("window.__notReloaded === true"), "the page reloaded: the feed is not live"
         first = page.locator("ul.alerts li[data-alert-id]").first
         assert "fresh" in (first.get_attribute("class") or "")  # added by the SSE handler, not server-rendered
+        rule = first.get_attribute("data-rule")
+        assert page.locator(f'#alert-counts [data-count="{rule}"]').count() == 1  # the counts follow live too
         page.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
 
         # 2. let the worker finish and allocate once more, then the console must hold exactly what Kafka holds

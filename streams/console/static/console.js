@@ -21,8 +21,20 @@
     if (!item) { return; }
     item.classList.add("fresh");
     list.insertBefore(item, list.firstChild);
+    var counts = document.getElementById("alert-counts");
     var counter = document.querySelector('[data-count="' + CSS.escape(data.alert.rule) + '"]');
-    if (counter) { counter.textContent = (parseInt(counter.textContent.replace(/,/g, ""), 10) + 1).toLocaleString("en"); }
+    if (counter) {
+      counter.textContent = (parseInt(counter.textContent.replace(/,/g, ""), 10) + 1).toLocaleString("en");
+    } else if (counts) {  // a rule not seen before: add its count
+      var span = document.createElement("span");
+      span.textContent = data.alert.rule + " ";
+      var b = document.createElement("b");
+      b.setAttribute("data-count", data.alert.rule);
+      b.textContent = "1";
+      span.appendChild(b);
+      counts.appendChild(document.createTextNode(" "));
+      counts.appendChild(span);
+    }
     while (list.children.length > 500) { list.removeChild(list.lastChild); }
   });
 }());
