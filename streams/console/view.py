@@ -29,9 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import numpy as np
 
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
 
@@ -69,15 +71,6 @@ class LinesQuery:
         return {k: v for k, v in values.items() if v not in ("", None)}
 
 
-_SORT_KEYS: Final[dict[str, Callable[[CreditLine], Any]]] = {
-    "amount": lambda x: (x.amount_yuan, x.enterprise_id),
-    "enterprise": lambda x: (_natural(x.enterprise_id),),
-    "expected_profit": lambda x: (x.expected_profit_yuan, x.enterprise_id),
-    "pd": lambda x: (x.default_probability, x.enterprise_id),
-    "rate": lambda x: (x.rate, x.enterprise_id),
-    "rating": lambda x: (x.rating, x.enterprise_id),
-    "segment": lambda x: (x.segment, x.enterprise_id),
-}
 
 
 def _natural(eid: str) -> tuple[str, int, str]:
@@ -117,8 +110,8 @@ def parse_lines_query(params: Mapping[str, str], default_size: int = 50) -> Line
     if status not in ("all", "lent", "declined"):
         raise BadQuery(f"status must be all, lent or declined (got {status!r})")
     sort = _one(params, "sort", "amount") or "amount"
-    if sort not in _SORT_KEYS:
-        raise BadQuery(f"sort must be one of {', '.join(sorted(_SORT_KEYS))} (got {sort!r})")
+    if sort not in _SORT_COLUMNS:
+        raise BadQuery(f"sort must be one of {', '.join(sorted(_SORT_COLUMNS))} (got {sort!r})")
     order = _one(params, "order", "desc") or "desc"
     if order not in ("asc", "desc"):
         raise BadQuery(f"order must be asc or desc (got {order!r})")
@@ -184,6 +177,63 @@ class Portfolio:
     drift_alerts: int
 
 
+_SORT_COLUMNS: Final = {"amount": "amount", "expected_profit": "profit", "pd": "pd", "rate": "rate",
+                        "rating": "rating", "segment": "segment", "enterprise": None}
+
+
+@dataclass(slots=True)
+class Columns:
+    """The credit lines as columns (one row per enterprise), and their sort orders, cached per version."""
+
+    version: int
+    lines: list[CreditLine]
+    ids: list[str]
+    amount: np.ndarray
+    rate: np.ndarray
+    pd: np.ndarray
+    profit: np.ndarray
+    rating: np.ndarray
+    segment: np.ndarray
+    _orders: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    _id_rank: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, lines: list[CreditLine], version: int) -> Columns:
+        def floats(name: str) -> np.ndarray:
+            return np.fromiter((getattr(x, name) for x in lines), dtype=np.float64, count=len(lines))
+
+        return cls(version, lines, [x.enterprise_id for x in lines], floats("amount_yuan"), floats("rate"),
+                   floats("default_probability"), floats("expected_profit_yuan"),
+                   np.array([x.rating for x in lines], dtype=object), np.array([x.segment for x in lines], dtype=object))
+
+    def id_rank(self) -> np.ndarray:
+        """Each row's rank in natural id order (E2 before E10): the tie-breaker of every sort."""
+        if self._id_rank is None:
+            rank = np.empty(len(self.ids), dtype=np.int64)
+            rank[np.array(sorted(range(len(self.ids)), key=lambda i: _natural(self.ids[i])), dtype=np.int64)] = \
+                np.arange(len(self.ids))
+            self._id_rank = rank
+        return self._id_rank
+
+    def order(self, sort: str, direction: str) -> np.ndarray:
+        """Row indices sorted by ``sort`` (ties by natural id, ascending either way), cached."""
+        key = (sort, direction)
+        cached = self._orders.get(key)
+        if cached is None:
+            rank = self.id_rank()
+            column = _SORT_COLUMNS[sort]
+            if column is None:
+                cached = np.argsort(rank if direction == "asc" else -rank, kind="stable")
+            else:
+                values = getattr(self, column)
+                if values.dtype == object:  # ratings, segments: rank the labels first
+                    _, values = np.unique(values, return_inverse=True)
+                values = values if direction == "asc" else -values
+                cached = np.lexsort((rank, values))
+            self._orders[key] = cached
+        return cached
+
+
 @dataclass(slots=True)
 class ConsoleView:
     """Everything the console shows that comes from Kafka, folded from the events."""
@@ -196,7 +246,7 @@ class ConsoleView:
     alert_order: deque[str] = field(default_factory=deque)
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
     lines_version: int = 0
-    _sorted: dict[tuple[int, str, str], list[CreditLine]] = field(default_factory=dict)
+    _columns: Columns | None = None
 
     # ----------------------------------------------------------------- folding
 
@@ -234,29 +284,41 @@ class ConsoleView:
 
     # ----------------------------------------------------------------- queries
 
+    def columns(self) -> Columns:
+        """The current lines as numpy columns, rebuilt once per change of the lines (queries read these)."""
+        cols = self._columns
+        if cols is None or cols.version != self.lines_version:
+            cols = self._columns = Columns.of(list(self.lines.values()), self.lines_version)
+        return cols
+
     def portfolio(self) -> Portfolio:
-        lines = list(self.lines.values())
+        c = self.columns()
         allocations = sorted(self.allocations.values(), key=lambda s: s.decided_at)
         last = allocations[-1] if allocations else None
+        lent = c.amount > 0
 
-        def breakdown(key: Callable[[CreditLine], str], order: Iterable[str] = ()) -> list[Breakdown]:
-            groups: dict[str, list[CreditLine]] = {k: [] for k in order}
-            for line in lines:
-                groups.setdefault(key(line), []).append(line)
-            return [Breakdown(k, len(g), sum(1 for x in g if x.amount_yuan > 0), sum(x.amount_yuan for x in g),
-                              sum(x.expected_profit_yuan for x in g if x.amount_yuan > 0)) for k, g in groups.items()]
+        def breakdown(labels: np.ndarray, order: Iterable[str] = ()) -> list[Breakdown]:
+            keys, inverse = np.unique(labels, return_inverse=True) if labels.size else (np.array([]), np.array([]))
+            n = np.bincount(inverse, minlength=keys.size)
+            n_lent = np.bincount(inverse, weights=lent, minlength=keys.size)
+            amount = np.bincount(inverse, weights=c.amount, minlength=keys.size)
+            profit = np.bincount(inverse, weights=np.where(lent, c.profit, 0.0), minlength=keys.size)
+            found = {str(k): Breakdown(str(k), int(n[i]), int(n_lent[i]), float(amount[i]), float(profit[i]))
+                     for i, k in enumerate(keys)}
+            rows = [found.pop(k, Breakdown(k, 0, 0, 0.0, 0.0)) for k in order]
+            return rows + sorted(found.values(), key=lambda b: -b.amount_yuan)
 
         alerts_by_rule: dict[str, int] = {}
         for a in self.alerts.values():
             alerts_by_rule[a.rule] = alerts_by_rule.get(a.rule, 0) + 1
         return Portfolio(
-            n_enterprises=len(lines),
-            n_lines=sum(1 for x in lines if x.amount_yuan > 0),
-            total_lent_yuan=sum(x.amount_yuan for x in lines),
-            expected_profit_yuan=sum(x.expected_profit_yuan for x in lines if x.amount_yuan > 0),
+            n_enterprises=len(c.lines),
+            n_lines=int(lent.sum()),
+            total_lent_yuan=float(c.amount.sum()),
+            expected_profit_yuan=float(c.profit[lent].sum()),
             budget_yuan=last.budget_yuan if last else None,
-            by_rating=breakdown(lambda x: x.rating, RATINGS),
-            by_segment=sorted(breakdown(lambda x: x.segment), key=lambda b: -b.amount_yuan),
+            by_rating=breakdown(c.rating, RATINGS),
+            by_segment=breakdown(c.segment),
             last_allocation=last,
             allocations=allocations,
             dlq_by_reason=dict(sorted(self.dlq_by_reason.items(), key=lambda kv: -kv[1])),
@@ -264,39 +326,30 @@ class ConsoleView:
             drift_alerts=alerts_by_rule.get("drift", 0),
         )
 
-    def _sorted_lines(self, sort: str, order: str) -> list[CreditLine]:
-        key = (self.lines_version, sort, order)
-        cached = self._sorted.get(key)
-        if cached is None:
-            self._sorted = {k: v for k, v in self._sorted.items() if k[0] == self.lines_version}
-            cached = sorted(self.lines.values(), key=_SORT_KEYS[sort], reverse=order == "desc")
-            self._sorted[key] = cached
-        return cached
-
     def lines_page(self, query: LinesQuery, names: Mapping[str, str] | None = None) -> LinesPage:
-        """One page of the credit-lines table: filtered, sorted, paginated on the server."""
-        rows = self._sorted_lines(query.sort, query.order)
+        """One page of the credit-lines table: filtered, sorted, paginated on the server (numpy over the columns)."""
+        c = self.columns()
+        order = c.order(query.sort, query.order)
+        mask = np.ones(len(c.lines), dtype=bool)
+        if query.rating:
+            mask &= c.rating == query.rating
+        if query.segment:
+            mask &= c.segment == query.segment
+        if query.status == "lent":
+            mask &= c.amount > 0
+        elif query.status == "declined":
+            mask &= c.amount <= 0
         q = query.q.lower()
-        if query.rating or query.segment or query.status != "all" or q:
+        if q:
             lookup = names or {}
-
-            def keep(x: CreditLine) -> bool:
-                if query.rating and x.rating != query.rating:
-                    return False
-                if query.segment and x.segment != query.segment:
-                    return False
-                if query.status == "lent" and x.amount_yuan <= 0:
-                    return False
-                if query.status == "declined" and x.amount_yuan > 0:
-                    return False
-                return not q or q in x.enterprise_id.lower() or q in lookup.get(x.enterprise_id, "").lower()
-
-            rows = [x for x in rows if keep(x)]
+            mask &= np.fromiter((q in eid.lower() or q in lookup.get(eid, "").lower() for eid in c.ids),
+                                dtype=bool, count=len(c.ids))
+        chosen = order[mask[order]] if len(order) else order
         start = (query.page - 1) * query.size
-        return LinesPage(rows[start : start + query.size], len(rows), query)
+        return LinesPage([c.lines[i] for i in chosen[start : start + query.size]], int(chosen.size), query)
 
     def segments(self) -> list[str]:
-        return sorted({x.segment for x in self.lines.values()})
+        return sorted(str(x) for x in np.unique(self.columns().segment))
 
     def recent_alerts(self, n: int = 100, *, enterprise_id: str | None = None, rule: str | None = None) -> list[RiskAlert]:
         out: list[RiskAlert] = []

@@ -129,3 +129,24 @@ async def test_a_foreign_host_header_is_refused_on_loopback(client: TestClient) 
 def test_lines_query_round_trips_its_parameters() -> None:
     q = parse_lines_query({"rating": "b", "sort": "pd", "order": "asc", "page": "3"})
     assert parse_lines_query(q.params()) == q
+
+
+@pytest.mark.parametrize("sort", ["amount", "enterprise", "expected_profit", "pd", "rate", "rating", "segment"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_numpy_sorting_equals_a_plain_python_sort(sort: str, order: str) -> None:
+    view = ConsoleView()
+    fill(view, 57)
+    attr = {"amount": "amount_yuan", "expected_profit": "expected_profit_yuan", "pd": "default_probability",
+            "rate": "rate", "rating": "rating", "segment": "segment"}
+    lines = list(view.lines.values())
+
+    def natural(x: object) -> int:
+        return int(x.enterprise_id[1:])  # type: ignore[attr-defined]
+
+    if sort == "enterprise":
+        want = sorted(lines, key=natural, reverse=order == "desc")
+    else:  # by the column, ties by natural id ascending
+        primary = sorted(lines, key=natural)
+        want = sorted(primary, key=lambda x: getattr(x, attr[sort]), reverse=order == "desc")
+    page = view.lines_page(parse_lines_query({"sort": sort, "order": order, "size": "500"}))
+    assert [x.enterprise_id for x in page.rows] == [x.enterprise_id for x in want]
