@@ -298,7 +298,9 @@ class ConsoleView:
         lent = c.amount > 0
 
         def breakdown(labels: np.ndarray, order: Iterable[str] = ()) -> list[Breakdown]:
-            keys, inverse = np.unique(labels, return_inverse=True) if labels.size else (np.array([]), np.array([]))
+            if labels.size == 0:
+                return [Breakdown(k, 0, 0, 0.0, 0.0) for k in order]
+            keys, inverse = np.unique(labels, return_inverse=True)
             n = np.bincount(inverse, minlength=keys.size)
             n_lent = np.bincount(inverse, weights=lent, minlength=keys.size)
             amount = np.bincount(inverse, weights=c.amount, minlength=keys.size)

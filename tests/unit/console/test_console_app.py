@@ -150,3 +150,10 @@ def test_numpy_sorting_equals_a_plain_python_sort(sort: str, order: str) -> None
         want = sorted(primary, key=lambda x: getattr(x, attr[sort]), reverse=order == "desc")
     page = view.lines_page(parse_lines_query({"sort": sort, "order": order, "size": "500"}))
     assert [x.enterprise_id for x in page.rows] == [x.enterprise_id for x in want]
+
+
+def test_an_empty_view_has_an_empty_portfolio_and_table() -> None:
+    view = ConsoleView()
+    p = view.portfolio()
+    assert p.n_enterprises == 0 and p.total_lent_yuan == 0 and [b.key for b in p.by_rating] == list("ABCD")
+    assert view.lines_page(parse_lines_query({})).total == 0 and view.segments() == []

@@ -45,7 +45,7 @@ def test_topics_on_a_three_broker_cluster(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setenv("RISKMON_TOPICS__MIN_INSYNC_REPLICAS", "2")
     assert main(["topics", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 5 and all("\treplication=3\t" in line and line.endswith("\tmin.insync.replicas=2") for line in out)
+    assert len(out) == 6 and all("\treplication=3\t" in line and line.endswith("\tmin.insync.replicas=2") for line in out)
 
 
 def test_min_insync_above_replication_is_one_line(monkeypatch: pytest.MonkeyPatch,
