@@ -172,7 +172,7 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
 
         # 3. the credit-lines table sorts on the server: the first row is Kafka's largest line
         page.goto(console.url + "/lines?sort=amount&order=desc")
-        top = max(lines.values(), key=lambda x: (x.amount_yuan, x.enterprise_id))
+        top = min(lines.values(), key=lambda x: (-x.amount_yuan, int(x.enterprise_id[1:])))  # ties: natural id order
         assert page.locator("#lines tbody tr").first.locator("td").first.inner_text() == top.enterprise_id
         page.click("a[data-sort=pd]")  # a header click re-sorts (server-side) by default probability
         page.wait_for_url(re.compile(r".*sort=pd.*"))
