@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
-from streams.adapters.kafka import KafkaPublisher, client_kwargs, make_producer
+from streams.adapters.kafka import KafkaPublisher, ProducerHandle, client_kwargs, make_producer
 from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
 from streams.errors import PublishFailed, StreamError
@@ -134,7 +134,7 @@ class Outputs:
     alerts: BatchPublisher[RiskAlert] | None = None
 
     @classmethod
-    def kafka(cls, producer: AIOKafkaProducer, topics: TopicSettings) -> Outputs:
+    def kafka(cls, producer: AIOKafkaProducer | ProducerHandle, topics: TopicSettings) -> Outputs:
         return cls(KafkaPublisher(producer, topics.dlq), KafkaPublisher(producer, topics.scores),
                    KafkaPublisher(producer, topics.credit_lines), KafkaPublisher(producer, topics.allocations),
                    KafkaPublisher(producer, topics.alerts))
@@ -410,7 +410,7 @@ class IngestLoop:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: ProducerHandle | None = None
         self.core: WorkerCore | None = None
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -426,7 +426,7 @@ class IngestLoop:
 
     async def start(self) -> None:
         s = self.ctx.settings
-        self.producer = make_producer(s.kafka)
+        self.producer = ProducerHandle(lambda: make_producer(s.kafka))
         self.consumer = AIOKafkaConsumer(
             group_id=s.kafka.group_id,
             enable_auto_commit=False,
@@ -661,13 +661,14 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
     return app
 
 
-async def _broker_answers(producer: AIOKafkaProducer | None, timeout_s: float = 3.0) -> bool:
+async def _broker_answers(handle: ProducerHandle | None, timeout_s: float = 3.0) -> bool:
     """Whether a broker answers a metadata request now (an idle worker notices an outage only this way)."""
-    if producer is None:
+    if handle is None:
         return True
     try:
+        producer = await asyncio.wait_for(handle.ready(), timeout_s)  # a replaced producer starts here
         return bool(await asyncio.wait_for(producer.client.force_metadata_update(), timeout_s))
-    except (KafkaError, OSError, TimeoutError):
+    except (KafkaError, StreamError, OSError, TimeoutError):
         return False
 
 

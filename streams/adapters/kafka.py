@@ -7,12 +7,24 @@ directly; see :mod:`streams.app` for why faust-streaming's per-event stream is n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel
 
@@ -22,6 +34,13 @@ from streams.settings import KafkaSettings, TopicSettings
 
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+#: Errors after which aiokafka's idempotent producer is dead for good (its sender task ends): the
+#: broker lost or rejected the producer's id and sequence numbers, e.g. after a restart that lost
+#: its producer-state snapshot. Only a new producer (a new producer id) can publish again.
+PRODUCER_STATE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, InvalidProducerIdMapping,
+                       ProducerFenced)
 
 
 class BrokerUnavailable(StreamError):
@@ -164,14 +183,82 @@ def _transient(exc: KafkaError) -> bool:
     return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError))
 
 
-class KafkaPublisher(Generic[T]):
-    """:class:`streams.ports.BatchPublisher` onto one topic through a started producer."""
+class ProducerHandle:
+    """The one producer a worker publishes through, replaced by a new one when its state is lost.
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    aiokafka's idempotent producer stops for good on :data:`PRODUCER_STATE_LOST` (a broker that came
+    back from an outage without the producer's sequence numbers answers ``OutOfOrderSequenceNumber``);
+    the handle then closes it and starts a fresh one (a new producer id) on the next publish, so a
+    Kafka outage of any length ends with the worker publishing again. A message the dead producer may
+    have written is written again (at least once; consumers of the outputs are idempotent by key).
+    """
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self.producer = factory()
+        self._started = False
+        self.replaced = 0
+
+    async def start(self) -> None:
+        await self.producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self.producer.stop()
+            self._started = False
+
+    async def ready(self) -> AIOKafkaProducer:
+        """The producer, started; raises :class:`PublishFailed` (retriable) while no broker answers."""
+        if not self._started:
+            try:
+                await self.producer.start()
+            except BaseException as exc:  # a broker still away, or a caller's timeout cancelling the start
+                failed, self.producer = self.producer, self._factory()  # the next try builds anew
+                with contextlib.suppress(Exception):
+                    await failed.stop()  # close what start() opened
+                if isinstance(exc, KafkaError):
+                    raise PublishFailed(f"starting a new producer failed: {exc!r}", retriable=True) from exc
+                raise
+            self._started = True
+        return self.producer
+
+    async def replace(self, why: BaseException) -> None:
+        """Close the dead producer; the next :meth:`ready` starts its successor."""
+        old, self.producer, self._started = self.producer, self._factory(), False
+        self.replaced += 1
+        log.warning("producer state lost (%r); replacing the producer (a new producer id)", why)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), 10.0)
+
+
+def _dead(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's sender task has ended (aiokafka fails every later send)."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is not None and task.done()
+
+
+class KafkaPublisher(Generic[T]):
+    """:class:`streams.ports.BatchPublisher` onto one topic through a producer (a started one or a handle)."""
+
+    def __init__(self, producer: AIOKafkaProducer | ProducerHandle, topic: str) -> None:
+        self.handle = producer if isinstance(producer, ProducerHandle) else None
         self.producer, self.topic = producer, topic
 
     async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
-        await publish_many(self.producer, self.topic, items)
+        if self.handle is None:
+            await publish_many(self.producer, self.topic, items)  # type: ignore[arg-type]
+            return
+        producer = await self.handle.ready()
+        try:
+            await publish_many(producer, self.topic, items)
+        except PublishFailed as exc:
+            if isinstance(exc.__cause__, PRODUCER_STATE_LOST) or _dead(producer):
+                if producer is self.handle.producer:  # not yet replaced by another topic's publisher
+                    await self.handle.replace(exc.__cause__ or exc)
+                raise PublishFailed(f"{exc} (the producer was replaced; retrying)", retriable=True) from exc
+            raise
 
 
 async def read_topic(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0,
