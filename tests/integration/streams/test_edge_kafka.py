@@ -12,41 +12,28 @@ import itertools
 import pytest
 import redis
 
-from allocator import ChurnCurves
-from models.bundle import load_bundle
-from streams.adapters.allocation import make_allocate
 from streams.adapters.kafka import group_lag, make_producer, read_topic
-from streams.adapters.memory import InMemoryRegistry
-from streams.adapters.redis_store import RedisCreditLineStore, RedisFeatureStore, RedisScoreStore
-from streams.app import IngestLoop, WorkerContext
+from streams.adapters.redis_store import RedisFeatureStore
+from streams.app import IngestLoop
 from streams.cli import main
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
 from streams.events import DeadLetter
 from streams.features.fold import fold_all
-from streams.settings import IngestSettings, KafkaSettings, Settings, TopicSettings, WorkerSettings
-from tests.bundle_fixture import get_test_bundle
+from streams.settings import KafkaSettings
+from tests.integration.streams.worker_kit import create_worker_topics, redis_worker_context, worker_settings
 
 FIVE_MB = 5 * 1024 * 1024
 
 
 async def test_a_5mb_message_a_wrong_key_and_a_2030_invoice_are_dead_letters_and_the_stream_goes_on(
         unique_name: str, kafka_settings: KafkaSettings, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
-    settings = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=unique_name,
-                        kafka=kafka_settings.model_copy(update={"group_id": f"{unique_name}-g"}),
-                        topics=TopicSettings(partitions=2).prefixed(f"{unique_name}-"),
-                        worker=WorkerSettings(batch_size=50, batch_within_s=0.1, metrics_port=0),
-                        ingest=IngestSettings())
+    settings = worker_settings(unique_name, kafka_settings)
     t = settings.topics
-    for name in (t.invoices, t.dlq, t.scores, t.credit_lines, t.allocations):
-        topic_factory(partitions=2, name=name)
+    create_worker_topics(settings, topic_factory)
     valid = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 200) if not isinstance(e, RejectedRow)]
     client = redis.Redis.from_url(redis_url)
     prefix = redis_prefix.rstrip(":")
-    ctx = WorkerContext(
-        settings=settings, features=RedisFeatureStore(client, prefix), scores=RedisScoreStore(client, prefix),
-        lines=RedisCreditLineStore(client, prefix), registry=InMemoryRegistry.from_data_dir(DEFAULT_DATA_DIR),
-        scorer=load_bundle(get_test_bundle()),
-        allocate=make_allocate(ChurnCurves.from_csv(DEFAULT_DATA_DIR / "churn.csv")))
+    ctx = redis_worker_context(settings, client, prefix)
     huge = b'{"event_id": "' + b"x" * FIVE_MB + b'"}'
     wrong_key = valid[0].model_copy(update={"event_id": "wrong-key-1"}).model_dump_json().encode()
     future = valid[1].model_copy(update={

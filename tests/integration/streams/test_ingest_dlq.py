@@ -9,42 +9,26 @@ import itertools
 
 import redis
 
-from allocator import ChurnCurves
-from models.bundle import load_bundle
-from streams.adapters.allocation import make_allocate
 from streams.adapters.kafka import group_lag, make_producer, read_topic
-from streams.adapters.memory import InMemoryRegistry
-from streams.adapters.redis_store import RedisCreditLineStore, RedisFeatureStore, RedisScoreStore
-from streams.app import IngestLoop, WorkerContext
+from streams.adapters.redis_store import RedisFeatureStore
+from streams.app import IngestLoop
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, InvoiceEvent
 from streams.features.fold import fold_all
-from streams.settings import KafkaSettings, Settings, TopicSettings, WorkerSettings
-from tests.bundle_fixture import get_test_bundle
+from streams.settings import KafkaSettings
+from tests.integration.streams.worker_kit import create_worker_topics, redis_worker_context, worker_settings
 from tests.unit.streams.test_pipeline import MALFORMED
-
-
-def _settings(unique_name: str, kafka: KafkaSettings) -> Settings:
-    return Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id=unique_name,
-                    kafka=kafka.model_copy(update={"group_id": f"{unique_name}-g"}),
-                    topics=TopicSettings(partitions=2).prefixed(f"{unique_name}-"),
-                    worker=WorkerSettings(batch_size=50, batch_within_s=0.1, metrics_port=0))
 
 
 async def test_malformed_messages_go_to_the_dlq_and_valid_ones_are_processed(
         unique_name: str, kafka_settings: KafkaSettings, redis_url: str, redis_prefix: str, topic_factory) -> None:  # type: ignore[no-untyped-def]
-    settings = _settings(unique_name, kafka_settings)
+    settings = worker_settings(unique_name, kafka_settings)
     t = settings.topics
-    for name in (t.invoices, t.dlq, t.scores, t.credit_lines, t.allocations):
-        topic_factory(partitions=2, name=name)
+    create_worker_topics(settings, topic_factory)
     valid = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 300) if not isinstance(e, RejectedRow)]
     client = redis.Redis.from_url(redis_url)
     prefix = redis_prefix.rstrip(":")
-    ctx = WorkerContext(
-        settings=settings, features=RedisFeatureStore(client, prefix), scores=RedisScoreStore(client, prefix),
-        lines=RedisCreditLineStore(client, prefix), registry=InMemoryRegistry.from_data_dir(DEFAULT_DATA_DIR),
-        scorer=load_bundle(get_test_bundle()),
-        allocate=make_allocate(ChurnCurves.from_csv(DEFAULT_DATA_DIR / "churn.csv")))
+    ctx = redis_worker_context(settings, client, prefix)
     # interleave: every malformed message sits between valid ones, on the same keys
     producer = make_producer(settings.kafka)
     await producer.start()
