@@ -168,8 +168,6 @@ def test_kafka_down_120s_mid_replay_worker_waits_degraded_and_resumes(
         worker.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 11): after Redis restarts, the stored counters of the slice have "
-                   "been seen to differ from the batch fold (counterparty summaries); under investigation, not hidden")
 def test_redis_down_60s_mid_replay_worker_waits_degraded_and_resumes(
         deployment: Deployment, records: list[ReplayRecord], expected: dict) -> None:  # type: ignore[type-arg]
     worker = WorkerProcess(deployment, "w")
@@ -201,8 +199,6 @@ def _redis_pid() -> int:
     return int((var / "redis" / "redis.pid").read_text().strip())
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 11): after Redis is killed and restarted, the end-of-replay checks "
-                   "have failed on a fresh clone (cause not yet found); under investigation, not hidden")
 def test_redis_sigkilled_while_batches_are_written(deployment: Deployment, records: list[ReplayRecord],
                                                    expected: dict) -> None:  # type: ignore[type-arg]
     worker = WorkerProcess(deployment, "w")

@@ -55,10 +55,12 @@ def test_redis_without_credentials_is_refused_and_cannot_plant_a_score(redis_url
         # the forgery of issue 11: a fake score written straight into Redis
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.hset(f"{redis_prefix}{{E1}}:score", mapping={"default_probability": "0.0", "rating": "A"})
-        wrong = redis.Redis(host=parts.hostname, port=parts.port or 6379, username="riskmon", password="guess")
-        with pytest.raises(redis.exceptions.AuthenticationError):
-            wrong.ping()
-        wrong.close()
+        # the default user keeps its commands for the AOF loader (scripts/services), but no one may log in as it
+        for user, password in (("riskmon", "guess"), ("default", ""), ("default", "guess")):
+            wrong = redis.Redis(host=parts.hostname, port=parts.port or 6379, username=user, password=password)
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                wrong.ping()
+            wrong.close()
     finally:
         anonymous.close()
     client = redis.Redis.from_url(redis_url)  # with the credentials: allowed, and nothing was planted

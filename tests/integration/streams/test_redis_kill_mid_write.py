@@ -6,6 +6,9 @@ kills the server while a 10 000-event batch is being written, restarts it, and r
 as the worker does. Then, for every enterprise, the cached counters (what the worker scores from)
 equal a fresh read from Redis, and the features computed from both are the same; and Redis equals
 the batch fold (with ``always``, nothing acknowledged is lost; what was not acknowledged is redone).
+
+A second test restarts a server running ``scripts/services``' own configuration (locked down) and checks
+that every feature written before the restart is still there (issue 11: the chaos suite's Redis faults).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from streams.pipeline import Source, apply_events
 
 pytestmark = pytest.mark.services
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -40,14 +45,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start(port: int, folder: Path, config: Path | None = None, **auth: str) -> subprocess.Popen[bytes]:
+    """redis-server on ``port`` with its data in ``folder``: our own settings, or ``config`` with its place moved."""
+    place = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    if config is None:
+        args = ["redis-server", *place, "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    else:  # options after the file override it: the deployed configuration, on our port and folder
+        args = ["redis-server", str(config), *place, "--daemonize", "no", "--pidfile", str(folder / "redis.pid"),
+                "--logfile", str(folder / "redis.log")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if redis.Redis(port=port, socket_connect_timeout=0.2).ping():
+            if redis.Redis(port=port, socket_connect_timeout=0.2, **auth).ping():  # type: ignore[arg-type]
                 return proc
         except redis.exceptions.RedisError:
             time.sleep(0.05)
@@ -114,6 +124,48 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
             a, b = to_vector(cached[eid], as_of), to_vector(fresh[eid], as_of)
             assert all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a), eid
         assert killed_at is not None and killed_at > 0
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
+def test_the_deployed_redis_config_keeps_every_lua_write_across_a_restart(tmp_path: Path) -> None:
+    """``scripts/services``' own redis.conf (locked down: ``user default off``) on a free port.
+
+    Each batch's writes are Lua calls, which Redis 7 logs to the AOF as MULTI/EXEC blocks. On restart the
+    AOF is replayed by a client running as the *default* user, and Redis (before 8, redis/redis#14541)
+    re-checks that user's ACL at EXEC: with the default user's commands taken away, every block is
+    refused (NOPERM in the log) and the server comes back without any feature written since start.
+    """
+    from streams.settings import Settings
+
+    config = Path(os.environ.get("RISKMON_VAR", REPO_ROOT / "var" / "services")) / "redis" / "redis.conf"
+    if not config.is_file():
+        pytest.fail(f"no {config}: run scripts/services up")
+    settings = Settings().redis
+    auth = {"username": settings.username or "default", "password": settings.password.get_secret_value()} \
+        if settings.password is not None else {}
+    events = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 3_000) if not isinstance(e, RejectedRow)]
+    sources = [Source("invoices", 0, offset) for offset in range(len(events))]
+    port = _free_port()
+    proc = _start(port, tmp_path, config, **auth)
+    client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1, **auth)  # type: ignore[arg-type]
+    try:
+        for start in range(0, len(events), 500):
+            apply_events(RedisFeatureStore(client, "restart"), events[start : start + 500], sources[start : start + 500])
+        client.shutdown()  # graceful: the AOF is flushed and fsynced (``scripts/services down``)
+        proc.wait()
+        client.close()
+        proc = _start(port, tmp_path, config, **auth)
+        expected = fold_all(events)
+        stored = {s.enterprise_id: s for s in RedisFeatureStore(client, "restart").load_many(sorted(expected),
+                                                                                           with_counterparties=True)}
+        log = (tmp_path / "redis.log").read_text(errors="replace")
+        for eid, want in expected.items():
+            assert (stored[eid].counters, stored[eid].counterparties) == (want.counters, want.counterparties), \
+                f"{eid} after a restart; redis.log: {[x for x in log.splitlines() if 'CRITICAL' in x][:1]}"
     finally:
         client.close()
         proc.kill()
