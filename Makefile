@@ -1,13 +1,13 @@
 # riskmon: two commands for a fresh machine.
 #   make demo   services up, models trained, the real data replayed through the live pipeline, credit lines printed
-#   make test   the whole test suite (unit + integration + end-to-end, against real Kafka and Redis)
+#   make test   mypy --strict on the packages, then the whole test suite (unit + integration + end-to-end, against real Kafka and Redis)
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3.11
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.riskmon-installed
 
-.PHONY: install demo test unit services-up services-down browser bench report clean
+.PHONY: install demo test unit typecheck services-up services-down browser bench report clean
 
 install: $(STAMP)
 
@@ -32,7 +32,10 @@ demo: install
 unit: install
 	$(PY) -m pytest -m "not services and not slow" -q
 
-test: install services-up browser
+typecheck: install
+	$(PY) -m mypy streams models allocator
+
+test: install typecheck services-up browser
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q
 
 bench: install services-up

@@ -96,7 +96,7 @@ class MemberOutputs:
     def mean(self, values: np.ndarray) -> np.ndarray:
         """Weighted mean over members of (K, n, ...) values -> (n, ...)."""
         w = self.weights.T.reshape(self.weights.shape[1], self.weights.shape[0], *([1] * (values.ndim - 2)))
-        return (w * values).sum(axis=0)
+        return np.asarray((w * values).sum(axis=0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,12 +54,17 @@ class Preprocessor:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(columns):
             raise ValueError(f"x has shape {x.shape}, expected (n, {len(columns)})")
-        fill, lower, upper, lo_seen, hi_seen = [], [], [], [], []
+        fill: list[float] = []
+        lower: list[float] = []
+        upper: list[float] = []
+        lo_seen: list[float] = []
+        hi_seen: list[float] = []
         for j in range(x.shape[1]):
             col = x[:, j]
             col = col[np.isfinite(col)]
             if col.size == 0:
-                fill.append(0.0), lower.append(0.0), upper.append(0.0), lo_seen.append(0.0), hi_seen.append(0.0)
+                for values in (fill, lower, upper, lo_seen, hi_seen):
+                    values.append(0.0)
                 continue
             med = float(np.median(col))
             spread = MAD_TO_SD * float(np.median(np.abs(col - med)))
@@ -85,7 +90,7 @@ class Preprocessor:
         out = np.clip(out, np.asarray(self.lower), np.asarray(self.upper))
         lo, hi = np.asarray(self.minimum), np.asarray(self.maximum)
         width = np.where(hi > lo, hi - lo, 1.0)
-        return np.clip((out - lo) / width, 0.0, 1.0)
+        return np.asarray(np.clip((out - lo) / width, 0.0, 1.0))
 
     def subset(self, columns: Sequence[str]) -> Preprocessor:
         """The same parameters restricted to ``columns`` (in that order)."""
@@ -113,7 +118,8 @@ class Preprocessor:
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessor:
         """Rebuild from :meth:`to_dict` output; raises KeyError/ValueError on a malformed dict."""
         cols = tuple(str(c) for c in data["columns"])
-        fields = [tuple(float(v) for v in data[k]) for k in ("fill", "lower", "upper", "minimum", "maximum")]
-        if any(len(f) != len(cols) for f in fields):
+        fill, lower, upper, minimum, maximum = (tuple(float(v) for v in data[k])
+                                                 for k in ("fill", "lower", "upper", "minimum", "maximum"))
+        if any(len(f) != len(cols) for f in (fill, lower, upper, minimum, maximum)):
             raise ValueError("preprocessor parameter lengths differ from the number of columns")
-        return cls(cols, *fields, mad_k=float(data.get("mad_k", 5.0)))
+        return cls(cols, fill, lower, upper, minimum, maximum, mad_k=float(data.get("mad_k", 5.0)))

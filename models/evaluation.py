@@ -293,7 +293,7 @@ class RatingCVResult:
 def _fit_predict_rating(name: str, seq_tr: np.ndarray, x_tr: np.ndarray, y_tr: np.ndarray, seq_te: np.ndarray,
                         x_te: np.ndarray, seed: int, cnn_config: RatingCNNConfig) -> np.ndarray:
     if name == "rating_cnn":
-        return RatingCNN.fit(seq_tr, x_tr, y_tr, cnn_config, seed=seed).predict_proba(seq_te, x_te).argmax(axis=1)
+        return np.asarray(RatingCNN.fit(seq_tr, x_tr, y_tr, cnn_config, seed=seed).predict_proba(seq_te, x_te).argmax(axis=1))
     if name == "majority":
         return np.full(len(x_te), np.bincount(y_tr, minlength=len(RATINGS)).argmax())
     model = make_baselines(seed)[name]

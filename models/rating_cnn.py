@@ -88,7 +88,8 @@ class RatingModule(nn.Module):
         pooled = torch.cat([h.mean(dim=2), h.amax(dim=2)], dim=1)  # (batch, 2*width)
         if self.n_static:
             pooled = torch.cat([pooled, static], dim=1)
-        return self.head(pooled)  # (batch, 4)
+        logits: torch.Tensor = self.head(pooled)  # (batch, 4)
+        return logits
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,7 +126,7 @@ def integrated_gradients(forward: Callable[..., torch.Tensor], x: np.ndarray, re
     ig = IntegratedGradients(forward)
     attr = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=IG_STEPS,
                         method="gausslegendre")
-    return attr.detach().numpy()
+    return np.asarray(attr.detach().numpy())
 
 
 def top_reasons(attribution: np.ndarray, columns: Sequence[str], raw: np.ndarray,

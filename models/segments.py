@@ -53,11 +53,11 @@ class Segmenter:
         cats = np.asarray([list(c) for c in categorical], dtype=object).reshape(len(x), -1)
         pcat = np.asarray(self.prototypes_categorical, dtype=object)
         mismatch = (cats[:, None, :] != pcat[None, :, :]).sum(axis=2)
-        return num + self.gamma * mismatch
+        return np.asarray(num + self.gamma * mismatch)
 
     def assign_index(self, numeric: np.ndarray, categorical: Sequence[Sequence[str]]) -> np.ndarray:
         """Index of the nearest prototype per row (ties go to the lowest index)."""
-        return np.argmin(self.distances(numeric, categorical), axis=1)
+        return np.asarray(np.argmin(self.distances(numeric, categorical), axis=1))
 
     def assign(self, numeric: np.ndarray, categorical: Sequence[Sequence[str]]) -> list[str]:
         """Name of the nearest segment per row."""

@@ -124,7 +124,7 @@ class TrainResult:
 
 
 def _rating_index(ratings: Sequence[str | None], rows: np.ndarray) -> np.ndarray:
-    return np.array([RATINGS.index(ratings[i]) for i in rows], dtype=np.int64)  # type: ignore[arg-type]
+    return np.array([RATINGS.index(ratings[i]) for i in rows], dtype=np.int64)
 
 
 def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig(),
@@ -357,4 +357,5 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
                     out[f"{key}default_auc_{name}"] = stats["auc"]
                     out[f"{key}default_log_loss_{name}"] = stats["log_loss"]
         out["rating_accuracy"] = metrics["rating_cv"]["rating_cnn"]["accuracy"]
-    return as_jsonable(out)
+    summary: dict[str, Any] = as_jsonable(out)
+    return summary

@@ -64,7 +64,8 @@ class LiveAlerts:
 
     async def _run(self, step: Callable[[], tuple[dict[StateKey, WatchState], list[RiskAlert]]]) -> list[RiskAlert]:
         try:
-            new, alerts = await self.in_thread(step)
+            done: tuple[dict[StateKey, WatchState], list[RiskAlert]] = await self.in_thread(step)
+            new, alerts = done
             await self.publisher.publish_many([(a.subject, a) for a in alerts])
             await self.in_thread(lambda: self.states.put_many(new))
         except Exception as exc:  # derived data: never stop the stream for it

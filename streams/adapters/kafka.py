@@ -248,7 +248,7 @@ class KafkaPublisher(Generic[T]):
 
     async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
         if self.handle is None:
-            await publish_many(self.producer, self.topic, items)  # type: ignore[arg-type]
+            await publish_many(self.producer, self.topic, items)
             return
         producer = await self.handle.ready()
         try:

@@ -15,7 +15,7 @@ Pure pandas over a run's decisions; realised profit always comes from
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -58,7 +58,7 @@ def group_table(run: RunResult, outcomes: Mapping[str, Outcome], churn: ChurnFn,
     rows = []
     for d in run.dates:
         for key in by:
-            groups: dict[str, list] = {}
+            groups: dict[str, list[Any]] = {}
             for eid, line in sorted(d.decision.lines.items()):
                 if line.amount_yuan <= 0:
                     continue

@@ -111,8 +111,12 @@ class ReplayLike(Protocol):
     """What a run needs from an engine: snapshots, event counts, and the monthly sales for drift."""
 
     snapshots: list[Snapshot]
-    n_events: int
-    n_duplicates: int
+
+    @property
+    def n_events(self) -> int: ...
+
+    @property
+    def n_duplicates(self) -> int: ...
 
     def monthly_sales(self, last: dt.date) -> dict[str, dict[int, float]]: ...
 

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _percentile(values: np.ndarray) -> np.ndarray:
     """Percentile rank in [0, 1] (NaN stays NaN)."""
-    return pd.Series(values).rank(pct=True).to_numpy()
+    return np.asarray(pd.Series(values).rank(pct=True).to_numpy())
 
 
 def strength_stability(numeric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

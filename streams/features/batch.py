@@ -52,7 +52,7 @@ class FeatureTable:
 
     def labeled_mask(self) -> np.ndarray:
         """Rows with both a known rating and a known default flag."""
-        return np.array([r is not None for r in self.ratings]) & ~np.isnan(self.defaulted)
+        return np.asarray(np.array([r is not None for r in self.ratings]) & ~np.isnan(self.defaulted))
 
 
 def events_until(events: Iterable[InvoiceEvent | RejectedRow], as_of: dt.date) -> Iterable[InvoiceEvent]:

@@ -154,7 +154,7 @@ def features_from_arrays(a: MonthlyArrays) -> np.ndarray:
     window, row = a.window, _METRIC_INDEX
 
     def year(metric: str, k: int) -> np.ndarray:  # sum over the k-th trailing 12-month block
-        return window[:, row[metric], _WINDOW_MONTHS - 12 * (k + 1): _WINDOW_MONTHS - 12 * k].sum(axis=1)
+        return np.asarray(window[:, row[metric], _WINDOW_MONTHS - 12 * (k + 1): _WINDOW_MONTHS - 12 * k].sum(axis=1))
 
     sales = [year("amt_out", k) / 100 for k in range(3)]
     cost = [year("amt_in", k) / 100 for k in range(3)]
@@ -234,7 +234,7 @@ def sequences_from_window(window: np.ndarray, n_months: int = SEQUENCE_MONTHS) -
     row = _METRIC_INDEX
 
     def signed_log(x: np.ndarray) -> np.ndarray:
-        return np.sign(x) * np.log1p(np.abs(x))
+        return np.asarray(np.sign(x) * np.log1p(np.abs(x)))
 
     def ch(metric: str) -> np.ndarray:
         return w[:, row[metric]]
@@ -262,7 +262,7 @@ def to_sequence(state: EnterpriseState, as_of: dt.date, n_months: int = SEQUENCE
     if n_months > _WINDOW_MONTHS:
         raise ValueError(f"n_months must be at most {_WINDOW_MONTHS}")
     window, _, _, _ = _monthly(state.counters, month_index(as_of))
-    return sequences_from_window(window[None], n_months)[0]
+    return np.asarray(sequences_from_window(window[None], n_months)[0])
 
 
 def monthly_yuan(counters: Mapping[str, int], metric: str = "amt_out") -> dict[int, float]:
