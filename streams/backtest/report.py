@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from models.schema import RATINGS  # noqa: E402
+from streams.alerts import count_by_rule  # noqa: E402
 from streams.backtest.analysis import group_table, vintage_table  # noqa: E402
 from streams.backtest.run import BacktestResult, RunResult  # noqa: E402
 
@@ -303,6 +304,7 @@ def summary_json(result: BacktestResult, extra: Mapping[str, Any] | None = None)
             "alarms": len(result.drift.alarms),
             "max_psi": {f"{a}..{b}": max(t.values()) for (a, b), t in result.drift.psi.items() if t},
         },
+        "alerts": {"n": len(result.alerts), "by_rule": count_by_rule(result.alerts)},
         "timings_s": result.timings_s,
         "label_caveat": "ratings and defaults are known as of the data set's end (2020-02), not per as-of date; "
                         "the model bundle was fitted on the same labeled enterprises (in-sample).",
@@ -387,6 +389,9 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
         "<h2>Drift</h2>",
         fig("psi", "PSI per feature between consecutive as-of dates", "psi.csv"),
         fig("drift-alarms", "River drift-detector alarms on monthly sales", "drift_alarms.csv"),
+        "<h2>Early-warning alerts (the worker's rules, replayed)</h2>",
+        _table_html(pd.DataFrame([count_by_rule(result.alerts)])),
+        _table_html(alerts_frame(result), max_rows=20), "<p class='note'>alerts.csv</p>",
     ]
     if result.shocked is not None and SCENARIO_FIGURE in figures:
         name = result.scenario.name if result.scenario else "scenario"
@@ -396,6 +401,17 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
                   _table_html(scenario_frame(result))]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def alerts_frame(result: BacktestResult) -> pd.DataFrame:
+    """One row per replayed alert: as-of date, rule, subject, values before and after, reasons."""
+    columns = ["as_of", "rule", "subject", "enterprise_id", "value_before", "value_after", "label_before",
+               "label_after", "reasons", "alert_id"]
+    return pd.DataFrame([{"as_of": a.as_of, "rule": a.rule, "subject": a.subject, "enterprise_id": a.enterprise_id,
+                          "value_before": a.value_before, "value_after": a.value_after, "label_before": a.label_before,
+                          "label_after": a.label_after, "reasons": " | ".join(a.reasons), "alert_id": a.alert_id}
+                         for a in result.alerts],
+                        columns=columns)
 
 
 def roc_frame(result: BacktestResult) -> pd.DataFrame:
@@ -424,6 +440,7 @@ def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any]
     csv("early_flags.csv", early_flags_frame(result))
     csv("vintages.csv", vintages_frame(result))
     csv("by_group.csv", groups_frame(result))
+    csv("alerts.csv", alerts_frame(result))
     if result.shocked is not None:
         csv("scenario_summary.csv", summary_table(result.shocked))
         csv("scenario_lines.csv", lines_table(result.shocked))

@@ -28,8 +28,10 @@ from streams.backtest.outcomes import (
     roc_ks,
 )
 from streams.backtest.scenarios import Scenario, event_transform, score_transform
+from streams.alerts import AlertRules
+from streams.backtest.alerts import replay_alerts
 from streams.drift import DriftAlarm, DriftMonitor, psi_table, signed_log
-from streams.events import EnterpriseScore, InvoiceEvent
+from streams.events import EnterpriseScore, InvoiceEvent, RiskAlert
 from streams.features.vector import month_index
 from streams.pipeline import Allocate, AllocationDecision
 from streams.ports import EnterpriseRegistry, FeatureStore
@@ -151,6 +153,7 @@ class BacktestResult:
     shocked: RunResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     churn: ChurnFn | None = None
+    alerts: tuple[RiskAlert, ...] = ()  # the worker's early-warning rules over the base run (streams.backtest.alerts)
 
 
 def lines_of(decision: DateDecision) -> list[LineView]:
@@ -276,6 +279,7 @@ def run_backtest(
     on_progress: Callable[[int], None] | None = None,
     clock: Callable[[], float] | None = None,
     replayer: Replayer | None = None,
+    alert_rules: AlertRules | None = None,
 ) -> BacktestResult:
     """Replay, allocate, evaluate; with ``scenario``, the shocked run too.
 
@@ -327,16 +331,21 @@ def run_backtest(
     base = one_run(None, None, None, "base")
     t0 = tick()
     last = dates[-1] if dates else dt.date.max
-    drift = drift_report(base.replay.snapshots, base.replay.monthly_sales(last))
+    sales = base.replay.monthly_sales(last)
+    drift = drift_report(base.replay.snapshots, sales)
     history = {s.as_of: {e: x.default_probability for e, x in s.scores.items()} for s in base.replay.snapshots}
     flags = first_flag_dates(history, outcomes, config.flag_threshold)
     blind_history = {s.as_of: {e: x.default_probability for e, x in s.blind_scores.items()}
                      for s in base.replay.snapshots}
     flags_blind = first_flag_dates(blind_history, outcomes, config.flag_threshold)
     timings["drift_s"] = tick() - t0
+    t0 = tick()
+    alerts = replay_alerts([d.decision for d in base.dates], sales, rules=alert_rules)
+    timings["alerts_s"] = tick() - t0
     shocked = None
     if scenario is not None:
         ev_t = event_transform(scenario, industry_of or {}) if scenario.changes_events else None
         shocked = one_run(ev_t, score_transform(scenario), None if ev_t else base.replay, "scenario")
-    return BacktestResult(config, dates, base, drift, flags, flags_blind, outcomes, scenario, shocked, timings, churn)
+    return BacktestResult(config, dates, base, drift, flags, flags_blind, outcomes, scenario, shocked, timings, churn,
+                          tuple(alerts))
 

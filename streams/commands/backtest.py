@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from streams.cli import UserError, add_bundle_trust_arguments, load_trusted_bundle
+from streams.cli import UserError, add_bundle_trust_arguments, load_settings, load_trusted_bundle
 from streams.dataset import DEFAULT_DATA_DIR
 
 SOLVERS = ("exact", "anneal", "rules")
@@ -232,7 +232,7 @@ def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progre
         result = run_backtest(events, dates, registry, scorer, allocate, outcomes, churn.churn, config,
                               scenario=scenario, industry_of=industry_of,
                               on_progress=lambda n: progress.advance(replay_task, n),
-                              clock=time.perf_counter)
+                              clock=time.perf_counter, alert_rules=load_settings().alerts.rules())
     except AllocatorError as exc:
         raise UserError(f"allocator: {exc}") from None
     result.timings_s["load_s"] = load_s
@@ -347,7 +347,7 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
     try:
         result = run_backtest([], dates, registry, scorer, allocate, outcomes, churn.churn, config,
                               scenario=scenario, industry_of=industry_of, clock=time.perf_counter,
-                              replayer=replayer)
+                              replayer=replayer, alert_rules=load_settings().alerts.rules())
     except AllocatorError as exc:
         raise UserError(f"allocator: {exc}") from None
     finally:
