@@ -55,7 +55,7 @@ from models.default_net import DefaultNet, DefaultNetConfig
 from models.errors import BundleError
 from models.rating_cnn import RatingCNN, RatingCNNConfig
 from models.schema import NUMERIC_FEATURES, RATINGS, SEQUENCE_CHANNELS, SEQUENCE_MONTHS, schema_dict, schema_hash
-from models.scoring import Score, ScoringBatch
+from models.scoring import ReasonsWanted, Score, ScoringBatch, reasons_mask
 from models.segments import Segmenter
 from models.signing import DEFAULT_KEY, content_version, public_key_path, sha256_file, sign_bundle, verify_bundle
 
@@ -169,37 +169,59 @@ class ModelBundle:
         out = self.member_outputs(batch)
         return out.mean(out.invoice_only)
 
-    def attributions(self, batch: ScoringBatch, out: MemberOutputs) -> np.ndarray:
+    def attributions(self, batch: ScoringBatch, out: MemberOutputs, rows: np.ndarray | None = None, *,
+                     n_steps: int | None = None, with_delta: bool = False) -> Any:
         """Integrated-gradients attribution of the served default probability to each raw feature,
-        (n, len(NUMERIC_FEATURES)), averaged over members like the probability (:mod:`models.reasons`)."""
-        from models.reasons import integrated_gradients
+        (n, len(NUMERIC_FEATURES)), averaged over members like the probability (:mod:`models.reasons`).
 
+        ``rows`` (a boolean mask (n,), default all) limits the work to those rows; the others are 0.
+        A row's attribution depends on that row's inputs only, not on the rest of the batch.
+        ``n_steps`` overrides :data:`models.reasons.IG_STEPS` (for measuring it); ``with_delta`` also
+        returns each row's largest absolute completeness gap over its members (n,), probability units.
+        """
+        from models.reasons import IG_STEPS, integrated_gradients
+
+        n = len(batch.enterprise_ids)
+        wanted = np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+        total = np.zeros((n, len(NUMERIC_FEATURES)))
+        gap = np.zeros(n)
+        if not wanted.any():
+            return (total, gap) if with_delta else total
         cleaned = self.cleaned(batch.numeric)
         reference = self.cleaned(np.asarray([self.preprocessor.fill]))[0]
         known = np.array([k is not None for k in batch.known_ratings])
         known_vec = np.array([np.eye(len(RATINGS))[RATINGS.index(k)] if k is not None else np.zeros(len(RATINGS))
                               for k in batch.known_ratings]).reshape(len(known), len(RATINGS))
-        total = np.zeros((len(known), len(NUMERIC_FEATURES)))
         for k, m in enumerate(self.members):
-            rows = np.flatnonzero(out.weights[:, k] > 0)
-            if len(rows) == 0:
+            idx = np.flatnonzero((out.weights[:, k] > 0) & wanted)
+            if len(idx) == 0:
                 continue
             cols = np.array([NUMERIC_FEATURES.index(c) for c in m.selected], dtype=np.int64)
-            rating_vec = torch.as_tensor(np.where(known[rows, None], known_vec[rows], out.rating_probabilities[k, rows]))
-            attr = integrated_gradients(m.default.rated_torch, cleaned[np.ix_(rows, cols)], reference[cols], rating_vec)
-            total[np.ix_(rows, cols)] += out.weights[rows, k][:, None] * attr
-        return total
+            rating_vec = torch.as_tensor(np.where(known[idx, None], known_vec[idx], out.rating_probabilities[k, idx]))
+            got = integrated_gradients(m.default.rated_torch, cleaned[np.ix_(idx, cols)], reference[cols], rating_vec,
+                                       n_steps=n_steps or IG_STEPS, with_delta=with_delta)
+            attr = got[0] if with_delta else got
+            if with_delta:
+                gap[idx] = np.maximum(gap[idx], np.abs(got[1]))
+            total[np.ix_(idx, cols)] += out.weights[idx, k][:, None] * attr
+        return (total, gap) if with_delta else total
 
-    def score_many(self, batch: ScoringBatch) -> list[Score]:
-        """Score a batch (see the module doc for which path gives each field)."""
+    def score_many(self, batch: ScoringBatch, *, reasons: ReasonsWanted = True) -> list[Score]:
+        """Score a batch (see the module doc for which path gives each field).
+
+        ``reasons`` (True, False or a boolean mask (n,)) says which rows get their reasons: the
+        attributions are most of the cost of scoring. The other rows get ``reasons=None``; every
+        other field is the same either way, and a row's reasons do not depend on the other rows.
+        """
         from models.reasons import top_reasons
 
         self._check(batch)
         n = len(batch.enterprise_ids)
         if n == 0:
             return []
+        explain = reasons_mask(reasons, n)
         out = self.member_outputs(batch)
-        attr = self.attributions(batch, out)
+        attr = self.attributions(batch, out, explain)
         raw = np.asarray(batch.numeric, dtype=np.float64)
         probs, pd_, p_inv = out.mean(out.rating_probabilities), out.mean(out.rated), out.mean(out.invoice_only)
         challenger = out.mean(out.challenger)
@@ -214,7 +236,7 @@ class ModelBundle:
                 default_probability=float(pd_[i]),
                 segment=segments[i],
                 default_probability_invoice_only=float(p_inv[i]),
-                reasons=tuple(top_reasons(attr[i], NUMERIC_FEATURES, raw[i])),
+                reasons=tuple(top_reasons(attr[i], NUMERIC_FEATURES, raw[i])) if explain[i] else None,
                 challenger_default_probability=float(challenger[i]),
             )
             for i in range(n)

@@ -108,23 +108,33 @@ def describe(feature: str, raw_value: float) -> str:
 
 
 def integrated_gradients(forward: Callable[..., torch.Tensor], x: np.ndarray, reference: np.ndarray,
-                         *fixed: torch.Tensor) -> np.ndarray:
+                         *fixed: torch.Tensor, n_steps: int = IG_STEPS,
+                         with_delta: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Attributions (n, d) of ``forward(x, *fixed)`` ((n, d) -> (n,)) to ``x``, from ``reference`` (d,).
 
     ``fixed`` are per-row inputs held at their values along the path (captum repeats them per step).
+    ``with_delta`` also returns captum's convergence delta per row (n,): the attributions' sum minus
+    ``forward(x) - forward(reference)``, how far the ``n_steps`` quadrature is from completeness.
 
     Examples
     --------
     >>> f = lambda x: (x ** 2).sum(dim=1)
     >>> integrated_gradients(f, np.array([[1.0, 2.0]]), np.zeros(2)).round(6).tolist()
     [[1.0, 4.0]]
+    >>> attr, delta = integrated_gradients(f, np.array([[1.0, 2.0]]), np.zeros(2), n_steps=4, with_delta=True)
+    >>> abs(float(delta[0])) < 1e-9
+    True
     """
     from captum.attr import IntegratedGradients
 
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float64))
     base = torch.as_tensor(np.broadcast_to(np.asarray(reference, dtype=np.float64), inputs.shape).copy())
     ig = IntegratedGradients(forward)
-    attr = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=IG_STEPS,
+    if with_delta:
+        attr, delta = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=n_steps,
+                                   method="gausslegendre", return_convergence_delta=True)
+        return attr.detach().numpy(), delta.detach().numpy()
+    attr = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=n_steps,
                         method="gausslegendre")
     return np.asarray(attr.detach().numpy())
 

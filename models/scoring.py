@@ -46,16 +46,41 @@ class Score:
     segment: str
     # cross-fitted like default_probability; None from a scorer that does not give it
     default_probability_invoice_only: float | None = None
-    # the invoice factors that raised default_probability most, in words (models.reasons)
-    reasons: tuple[str, ...] = ()
+    # the invoice factors that raised default_probability most, in words (models.reasons);
+    # None where the caller did not ask for them (``score_many(batch, reasons=False)``)
+    reasons: tuple[str, ...] | None = ()
     # the best baseline, scored in shadow beside the served probability (champion/challenger)
     challenger_default_probability: float | None = None
 
 
+#: Which rows of a batch get reasons: all (True), none (False), or a mask of n booleans.
+ReasonsWanted = bool | Sequence[bool] | np.ndarray
+
+
+def reasons_mask(reasons: ReasonsWanted, n: int) -> np.ndarray:
+    """The rows that get reasons, as a boolean array (n,).
+
+    Examples
+    --------
+    >>> reasons_mask(True, 2).tolist(), reasons_mask(False, 2).tolist(), reasons_mask([False, True], 2).tolist()
+    ([True, True], [False, False], [False, True])
+    """
+    if isinstance(reasons, bool | np.bool_):
+        return np.full(n, bool(reasons))
+    mask = np.asarray(reasons, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"reasons mask has shape {mask.shape}, expected ({n},)")
+    return mask
+
+
 class Scorer(Protocol):
-    """Anything that scores a batch (the trained bundle)."""
+    """Anything that scores a batch (the trained bundle).
+
+    ``reasons`` says which rows get their reasons (the costly part of scoring: attributions);
+    the others get ``Score.reasons = None``. Everything else in a score does not depend on it.
+    """
 
     @property
     def version(self) -> str: ...
 
-    def score_many(self, batch: ScoringBatch) -> list[Score]: ...
+    def score_many(self, batch: ScoringBatch, *, reasons: ReasonsWanted = True) -> list[Score]: ...

@@ -246,7 +246,7 @@ def train(data: TrainingData, out_dir: Path, config: TrainConfig = TrainConfig()
 
     # --- holdout ------------------------------------------------------------------------------
     hold_lab = np.flatnonzero(labeled & hold)
-    metrics["invariants"] = probability_invariants(bundle.score_many(data.batch(fit_rows, known=True)))
+    metrics["invariants"] = probability_invariants(bundle.score_many(data.batch(fit_rows, known=True), reasons=False))
     metrics["training_rows_out_of_fold"] = _scored_metrics(bundle, data, lab_rows, y_def, y_rat)
     if len(holdout):
         metrics["holdout"] = _holdout_metrics(bundle, data, hold_lab, y_def, y_rat)
@@ -308,7 +308,7 @@ def _scored_metrics(bundle: ModelBundle, data: TrainingData, rows: np.ndarray, y
     if len(rows) == 0:
         return out
     y = data.defaulted[rows].astype(np.int64)
-    scores = bundle.score_many(data.batch(rows, known=True))
+    scores = bundle.score_many(data.batch(rows, known=True), reasons=False)
     p_inv = np.array([s.default_probability_invoice_only for s in scores], dtype=np.float64)
     p_rated = np.array([s.default_probability for s in scores])
     rates = np.asarray(rating_rates(r_train, y_train))
@@ -332,7 +332,7 @@ def _holdout_metrics(bundle: ModelBundle, data: TrainingData, rows: np.ndarray, 
     out: dict[str, Any] = {"n": int(len(rows))}
     if len(rows) == 0:
         return out | {"default_auc": None, "default_auc_with_rating": None, "rating_accuracy": None}
-    scores = bundle.score_many(data.batch(rows, known=True))
+    scores = bundle.score_many(data.batch(rows, known=True), reasons=False)
     pred = np.array([RATINGS.index(max(s.rating_probabilities, key=s.rating_probabilities.__getitem__)) for s in scores])
     truth = _rating_index(data.ratings, rows)
     m = _scored_metrics(bundle, data, rows, y_train, r_train)

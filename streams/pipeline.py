@@ -285,7 +285,7 @@ def to_event(score: Score, n_invoices: int, industry: str, legal_form: str, *, a
         bundle_version=bundle_version,
         scored_at=now,
         default_probability_invoice_only=_probability_or_none(score.default_probability_invoice_only),
-        risk_factors=list(score.reasons),
+        risk_factors=list(score.reasons or ()),
         challenger_default_probability=_probability_or_none(score.challenger_default_probability),
     )
 
@@ -299,11 +299,14 @@ def rescore(
     as_of: dt.date,
     now: dt.datetime,
     batch_size: int = 256,
+    reasons: bool = True,
 ) -> list[EnterpriseScore]:
     """Score the enterprises as of ``as_of`` in micro-batches of ``batch_size``, sorted by id.
 
     Enterprises unknown to the registry are scored too (industry/legal form from the
-    event's name, else ``unknown``/``other``; no known rating).
+    event's name, else ``unknown``/``other``; no known rating). ``reasons=False`` leaves
+    ``risk_factors`` empty (the backtest adds them where it reports them); the worker
+    publishes every score, so it always asks for them.
     """
     ids = sorted(set(enterprise_ids))
     out: list[EnterpriseScore] = []
@@ -311,7 +314,7 @@ def rescore(
         chunk = ids[start : start + batch_size]
         states = store.load_many(chunk)
         batch = build_batch(states, registry, as_of)
-        scores = scorer.score_many(batch)
+        scores = scorer.score_many(batch, reasons=reasons)
         if len(scores) != len(chunk):
             raise ValueError(f"scorer returned {len(scores)} scores for {len(chunk)} enterprises")
         n_col = NUMERIC_FEATURES.index("n_invoices")

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from models.schema import NUMERIC_FEATURES
 from models.scoring import Score, Scorer, ScoringBatch
-from streams.backtest.engine import Snapshot, end_of_day
+from streams.backtest.engine import Snapshot, batch_of, end_of_day
 from streams.backtest.foldsql import COUNTERPARTY_SQL, COUNTS_SQL, MONTHLY_METRICS, MONTHLY_SQL, NAMES_SQL, rows_sql
 from streams.events import EnterpriseScore
 from streams.features.names import classify_name
@@ -290,15 +290,18 @@ def score_columnar(
     enterprise_chunk: int = DEFAULT_ENTERPRISE_CHUNK,
     score_batch: int = DEFAULT_SCORE_BATCH,
     on_progress: Callable[[int, int], None] | None = None,
+    reasons: bool = True,
 ) -> ColumnarReplay:
     """Score every enterprise with an invoice as of every as-of date and return the snapshots.
 
     ``on_progress(done, total)`` is called after each scoring batch (rows = enterprise-dates).
+    ``reasons`` computes every score's reasons while scoring (blind scores never get them); without
+    it, :func:`streams.backtest.engine.explainer` computes them later from ``Snapshot.inputs``.
     """
     dates = fold.dates
     n_col = NUMERIC_FEATURES.index("n_invoices")
     blind = set(blind_ids)
-    per_date: dict[int, dict[str, object]] = {k: {"ids": [], "numeric": [], "scores": {}, "blind": {}, "n": 0}
+    per_date: dict[int, dict[str, object]] = {k: {"ids": [], "rows": {}, "scores": {}, "blind": {}, "n": 0}
                                              for k in range(len(dates))}
     total = _rows_to_score(fold, enterprise_ids)
     done = 0
@@ -310,7 +313,7 @@ def score_columnar(
             return
         batch = ScoringBatch([p[1] for p in pending], np.stack([p[2] for p in pending]), [p[4] for p in pending],
                              np.stack([p[3] for p in pending]), [p[5] for p in pending])
-        scores: list[Score] = scorer.score_many(batch)
+        scores: list[Score] = scorer.score_many(batch, reasons=[reasons and not p[6] for p in pending])
         if len(scores) != len(pending):
             raise ValueError(f"scorer returned {len(scores)} scores for {len(pending)} enterprises")
         for (k, eid, numeric, _, (industry, legal), _, is_blind), score in zip(pending, scores, strict=True):
@@ -334,7 +337,7 @@ def score_columnar(
             cat = classify_name(info.name if info is not None else st.names[i])
             known = info.rating if info is not None else None
             slot["ids"].append(eid)  # type: ignore[attr-defined]
-            slot["numeric"].append(numeric[i])  # type: ignore[attr-defined]
+            slot["rows"][eid] = (numeric[i], seqs[i], cat, known)  # type: ignore[index]
             pending.append((st.k, eid, numeric[i], seqs[i], cat, known, False))
             if eid in blind:
                 pending.append((st.k, eid, numeric[i], seqs[i], cat, None, True))
@@ -347,8 +350,7 @@ def score_columnar(
         ids: list[str] = slot["ids"]  # type: ignore[assignment]
         order = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.zeros(0, dtype=np.int64)
         sorted_ids = tuple(ids[i] for i in order)
-        numeric = (np.stack([slot["numeric"][i] for i in order]) if ids  # type: ignore[index]
-                   else np.zeros((0, len(NUMERIC_FEATURES))))
+        inputs = batch_of(slot["rows"], sorted_ids)  # type: ignore[arg-type]
         scores: dict[str, EnterpriseScore] = slot["scores"]  # type: ignore[assignment]
         blind_scores: dict[str, EnterpriseScore] = slot["blind"]  # type: ignore[assignment]
         score_list = [scores[e] for e in sorted_ids]
@@ -356,9 +358,9 @@ def score_columnar(
         if score_transform is not None:
             score_list = score_transform(score_list, as_of)
             blind_list = score_transform(blind_list, as_of)
-        snapshots.append(Snapshot(as_of, sorted_ids, numeric, {s.enterprise_id: s for s in score_list},
+        snapshots.append(Snapshot(as_of, sorted_ids, inputs.numeric, {s.enterprise_id: s for s in score_list},
                                   int(slot["n"]) if ids else _events_by(fold, k, enterprise_ids),  # type: ignore[call-overload]
-                                  {s.enterprise_id: s for s in blind_list}))
+                                  {s.enterprise_id: s for s in blind_list}, inputs))
     n_total = _events_by(fold, len(dates), enterprise_ids)
     return ColumnarReplay(snapshots, n_total, fold.n_duplicates, fold, _sales_table(fold, enterprise_ids))
 

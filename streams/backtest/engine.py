@@ -31,12 +31,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES
-from models.scoring import Score, Scorer, ScoringBatch
+from models.scoring import ReasonsWanted, Score, Scorer, ScoringBatch
 from streams.adapters.memory import InMemoryCreditLineStore, InMemoryFeatureStore
 from streams.events import AllocationSummary, CreditLine, EnterpriseScore, InvoiceEvent
 from streams.features.vector import month_index
@@ -107,6 +107,8 @@ class Snapshot:
     the scorer was given. ``blind_scores`` are the scores of the ``blind_ids`` enterprises
     with their known ratings hidden from the scorer (the model must rate them itself, as
     for an unrated client): the honest view of the default model on labeled enterprises.
+    ``inputs`` is the scoring batch of ``enterprise_ids`` (same order) as the scorer saw it,
+    kept so that reasons can be computed later for the rows that need them (:func:`explainer`).
     """
 
     as_of: dt.date
@@ -115,23 +117,65 @@ class Snapshot:
     scores: Mapping[str, EnterpriseScore]
     n_events: int
     blind_scores: Mapping[str, EnterpriseScore] = field(default_factory=dict)
+    inputs: ScoringBatch | None = None
+
+
+#: Which backtest rows get reasons (``risk_factors``): ``lines`` those of every credit line lent
+#: or published (changed) as of each date, ``all`` every scored enterprise-date, ``none`` none.
+ReasonsMode = Literal["lines", "all", "none"]
+REASONS_MODES: tuple[str, ...] = ("lines", "all", "none")
+
+#: ``explain(snapshot, ids) -> {id: reasons}``: the reasons of some of a snapshot's enterprises.
+Explain = Callable[[Snapshot, Sequence[str]], Mapping[str, tuple[str, ...]]]
+
+
+def explainer(scorer: Scorer) -> Explain:
+    """Reasons for some enterprises of a snapshot, from the inputs the scorer saw (``Snapshot.inputs``).
+
+    The same call as scoring with reasons (``score_many(batch, reasons=True)``) on those rows
+    only, so the reasons are the ones a full scoring with reasons gives.
+    """
+
+    def explain(snap: Snapshot, ids: Sequence[str]) -> Mapping[str, tuple[str, ...]]:
+        if not ids:
+            return {}
+        if snap.inputs is None:
+            raise ValueError(f"snapshot as of {snap.as_of} kept no scoring inputs: cannot compute reasons")
+        where = {e: i for i, e in enumerate(snap.enterprise_ids)}
+        rows = np.array([where[e] for e in ids], dtype=np.int64)
+        b = snap.inputs
+        sub = ScoringBatch([b.enterprise_ids[i] for i in rows], np.asarray(b.numeric)[rows],
+                           [b.categorical[i] for i in rows], np.asarray(b.sequences)[rows],
+                           [b.known_ratings[i] for i in rows])
+        return {s.enterprise_id: tuple(s.reasons or ()) for s in scorer.score_many(sub, reasons=True)}
+
+    return explain
+
+
+def batch_of(rows: Mapping[str, tuple[np.ndarray, np.ndarray, tuple[str, str], str | None]],
+             ids: Sequence[str]) -> ScoringBatch:
+    """A scoring batch of ``ids`` from per-enterprise (numeric, sequence, categorical, known rating) rows."""
+    if not ids:
+        return ScoringBatch([], np.zeros((0, len(NUMERIC_FEATURES))), [], np.zeros((0, 0, 0), dtype=np.float32), [])
+    return ScoringBatch(list(ids), np.stack([rows[e][0] for e in ids]), [rows[e][2] for e in ids],
+                        np.stack([rows[e][1] for e in ids]), [rows[e][3] for e in ids])
 
 
 class _RecordingScorer:
-    """Passes batches to the scorer and keeps their numeric features (what the model saw)."""
+    """Passes batches to the scorer and keeps their inputs per enterprise (what the model saw)."""
 
     def __init__(self, scorer: Scorer) -> None:
         self._scorer = scorer
-        self.rows: dict[str, np.ndarray] = {}
+        self.rows: dict[str, tuple[np.ndarray, np.ndarray, tuple[str, str], str | None]] = {}
 
     @property
     def version(self) -> str:
         return self._scorer.version
 
-    def score_many(self, batch: ScoringBatch) -> list[Score]:
+    def score_many(self, batch: ScoringBatch, *, reasons: ReasonsWanted = True) -> list[Score]:
         for i, eid in enumerate(batch.enterprise_ids):
-            self.rows[eid] = batch.numeric[i]
-        return self._scorer.score_many(batch)
+            self.rows[eid] = (batch.numeric[i], batch.sequences[i], batch.categorical[i], batch.known_ratings[i])
+        return self._scorer.score_many(batch, reasons=reasons)
 
 
 class HiddenRatings:
@@ -158,24 +202,27 @@ class HiddenRatings:
 def take_snapshot(
     store: FeatureStore, registry: EnterpriseRegistry, scorer: Scorer, as_of: dt.date, n_events: int,
     *, score_transform: Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore]] | None = None,
-    blind_ids: Collection[str] = (),
+    blind_ids: Collection[str] = (), reasons: bool = True,
 ) -> Snapshot:
-    """Rescore every enterprise in ``store`` as of ``as_of`` (the pipeline's :func:`rescore`)."""
+    """Rescore every enterprise in ``store`` as of ``as_of`` (the pipeline's :func:`rescore`).
+
+    ``reasons`` asks for the scores' reasons now; blind scores never get them (no report shows them).
+    """
     ids = tuple(sorted(store.enterprise_ids()))
     recorder = _RecordingScorer(scorer)
     now = end_of_day(as_of)
-    scores = rescore(ids, store, registry, recorder, as_of=as_of, now=now)
+    scores = rescore(ids, store, registry, recorder, as_of=as_of, now=now, reasons=reasons)
     if score_transform is not None:
         scores = score_transform(scores, as_of)
-    numeric = (np.stack([recorder.rows[e] for e in ids]) if ids else np.zeros((0, len(NUMERIC_FEATURES))))
+    inputs = batch_of(recorder.rows, ids)
     blind: list[EnterpriseScore] = []
     wanted = sorted(set(blind_ids) & set(ids))
     if wanted:
-        blind = rescore(wanted, store, HiddenRatings(registry), scorer, as_of=as_of, now=now)
+        blind = rescore(wanted, store, HiddenRatings(registry), scorer, as_of=as_of, now=now, reasons=False)
         if score_transform is not None:
             blind = score_transform(blind, as_of)
-    return Snapshot(as_of, ids, numeric, {s.enterprise_id: s for s in scores}, n_events,
-                    {s.enterprise_id: s for s in blind})
+    return Snapshot(as_of, ids, inputs.numeric, {s.enterprise_id: s for s in scores}, n_events,
+                    {s.enterprise_id: s for s in blind}, inputs)
 
 
 def sales_by_month(store: FeatureStore, enterprise_ids: Sequence[str], last: dt.date) -> dict[str, dict[int, float]]:
@@ -218,6 +265,7 @@ def replay(
     chunk: int = DEFAULT_CHUNK,
     on_progress: Callable[[int], None] | None = None,
     blind_ids: Collection[str] = (),
+    reasons: bool = True,
 ) -> ReplayResult:
     """Fold ``events`` (event-time order) into an in-memory store and snapshot at each as-of date.
 
@@ -230,6 +278,7 @@ def replay(
     score_transform : a scenario's change to each snapshot's scores (e.g. a higher default risk).
     on_progress : called with the number of events of each applied batch.
     blind_ids : enterprises also scored with their ratings hidden (``Snapshot.blind_scores``).
+    reasons : compute every score's reasons while scoring (else later, where needed: :func:`explainer`).
     """
     store = InMemoryFeatureStore()
     snapshots: list[Snapshot] = []
@@ -244,7 +293,8 @@ def replay(
                 on_progress(len(batch))
         else:
             snapshots.append(take_snapshot(store, registry, scorer, as_of, n_events,
-                                           score_transform=score_transform, blind_ids=blind_ids))
+                                           score_transform=score_transform, blind_ids=blind_ids,
+                                           reasons=reasons))
     return ReplayResult(snapshots, store, n_events, n_dup)
 
 
@@ -269,11 +319,17 @@ def allocate_snapshots(
     solver: str,
     bundle_version: str,
     seed: int = 0,
+    explain: Explain | None = None,
 ) -> list[DateDecision]:
     """Run the live allocator step (:func:`streams.pipeline.decide_allocation`) on each snapshot in turn.
 
     The lines of one date are the ``previous`` of the next, as the worker's
     :class:`~streams.ports.CreditLineStore` makes them, so change reasons match the stream's.
+
+    ``explain`` (see :func:`explainer`) adds reasons, after each date's decision, to the scores
+    and lines that need them: every line published as of that date (new or changed, as the
+    worker would publish it) and every line lent. Reasons never change a decision (the
+    allocator reads none), so the lines are the same as with reasons computed for every score.
     """
     published = InMemoryCreditLineStore()
     out: list[DateDecision] = []
@@ -287,7 +343,40 @@ def allocate_snapshots(
         if step is None:  # pragma: no cover - scores are non-empty and force is set
             continue
         outcome = step.outcome
-        published.put_many(outcome.changed)
-        out.append(DateDecision(snap.as_of, dict(outcome.lines), tuple(outcome.changed), outcome.summary,
-                                snap.scores, snap.blind_scores))
+        scores, lines, changed = snap.scores, dict(outcome.lines), list(outcome.changed)
+        if explain is not None:
+            scores, lines, changed = _with_reasons(snap, scores, lines, changed, explain)
+        published.put_many(changed)
+        out.append(DateDecision(snap.as_of, lines, tuple(changed), outcome.summary, scores, snap.blind_scores))
     return out
+
+
+def lines_needing_reasons(lines: Mapping[str, CreditLine], changed: Sequence[CreditLine]) -> list[str]:
+    """The enterprises whose line is published now (changed) or lent, sorted: the rows a report explains.
+
+    Examples
+    --------
+    >>> class L:
+    ...     def __init__(self, e, a): self.enterprise_id, self.amount_yuan = e, a
+    >>> lines_needing_reasons({"E1": L("E1", 0.0), "E2": L("E2", 5e5), "E3": L("E3", 0.0)}, [L("E3", 0.0)])
+    ['E2', 'E3']
+    """
+    return sorted({ln.enterprise_id for ln in changed} | {e for e, ln in lines.items() if ln.amount_yuan > 0})
+
+
+def _with_reasons(snap: Snapshot, scores: Mapping[str, EnterpriseScore], lines: dict[str, CreditLine],
+                  changed: list[CreditLine], explain: Explain
+                  ) -> tuple[dict[str, EnterpriseScore], dict[str, CreditLine], list[CreditLine]]:
+    """One date's scores and published lines with the reasons of :func:`lines_needing_reasons` filled in.
+
+    Unchanged lines are the previous date's objects, explained when they were published.
+    """
+    ids = [e for e in lines_needing_reasons(lines, changed) if e in scores]
+    got = explain(snap, ids)
+    new_scores = dict(scores)
+    for e in ids:
+        new_scores[e] = scores[e].model_copy(update={"risk_factors": list(got[e])})
+    new_changed = [ln.model_copy(update={"risk_factors": list(got[ln.enterprise_id])})
+                   if ln.enterprise_id in got else ln for ln in changed]
+    lines.update({ln.enterprise_id: ln for ln in new_changed})
+    return new_scores, lines, new_changed

@@ -14,7 +14,17 @@ from typing import Literal, Protocol
 
 from models.schema import NUMERIC_FEATURES
 from models.scoring import Scorer
-from streams.backtest.engine import DateDecision, ReplayResult, Snapshot, allocate_snapshots, replay, sales_by_month
+from streams.backtest.engine import (
+    REASONS_MODES,
+    DateDecision,
+    ReasonsMode,
+    ReplayResult,
+    Snapshot,
+    allocate_snapshots,
+    explainer,
+    replay,
+    sales_by_month,
+)
 from streams.backtest.outcomes import (
     DEFAULT_FLAT_RATE,
     ChurnFn,
@@ -127,7 +137,7 @@ class Replayer(Protocol):
     """An engine: the snapshots of one run (``shocked``: with the scenario's event changes)."""
 
     def __call__(self, *, shocked: bool, score_transform: Callable[[list[EnterpriseScore], dt.date],
-                 list[EnterpriseScore]] | None, blind_ids: Sequence[str]) -> ReplayLike: ...
+                 list[EnterpriseScore]] | None, blind_ids: Sequence[str], reasons: bool) -> ReplayLike: ...
 
 
 @dataclass(slots=True)
@@ -280,14 +290,20 @@ def run_backtest(
     clock: Callable[[], float] | None = None,
     replayer: Replayer | None = None,
     alert_rules: AlertRules | None = None,
+    reasons: ReasonsMode = "lines",
 ) -> BacktestResult:
     """Replay, allocate, evaluate; with ``scenario``, the shocked run too.
 
     ``events`` is a sequence sorted by issue date, or a function returning a fresh
     iterator over them (each run replays it once: the cached columnar events build the
     event objects lazily). ``clock`` (e.g. ``time.perf_counter``) only times the phases
-    for the report; the results never depend on it.
+    for the report; the results never depend on it. ``reasons`` says which scores and lines get
+    their reasons (``risk_factors``, the costly part of scoring), see
+    :data:`streams.backtest.engine.ReasonsMode`; the decisions do not depend on it.
     """
+    if reasons not in REASONS_MODES:
+        raise ValueError(f"reasons must be one of {', '.join(REASONS_MODES)}, got {reasons!r}")
+    explain = explainer(scorer) if reasons == "lines" else None
 
     def event_stream() -> Iterable[InvoiceEvent]:
         return events() if callable(events) else events
@@ -303,21 +319,24 @@ def run_backtest(
         t0 = tick()
         rep: ReplayLike
         if base is None and replayer is not None:
-            rep = replayer(shocked=ev_t is not None, score_transform=sc_t, blind_ids=tuple(outcomes))
+            rep = replayer(shocked=ev_t is not None, score_transform=sc_t, blind_ids=tuple(outcomes),
+                           reasons=reasons == "all")
         elif base is None:
             rep = replay(event_stream(), dates, registry, scorer, event_transform=ev_t, score_transform=sc_t,
-                         chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes))
+                         chunk=config.chunk, on_progress=on_progress, blind_ids=tuple(outcomes),
+                         reasons=reasons == "all")
         else:  # the events are unchanged: reuse the base features, re-apply the score shock only
             if sc_t is None:  # reuse only makes sense for a scenario run
                 raise ValueError("reusing the base replay needs a score transform")
             snaps = [Snapshot(s.as_of, s.enterprise_ids, s.numeric,
                               {x.enterprise_id: x for x in sc_t(list(s.scores.values()), s.as_of)}, s.n_events,
-                              {x.enterprise_id: x for x in sc_t(list(s.blind_scores.values()), s.as_of)})
+                              {x.enterprise_id: x for x in sc_t(list(s.blind_scores.values()), s.as_of)}, s.inputs)
                      for s in base.snapshots]
             rep = _Rescored(snaps, base)
         t1 = tick()
         decisions = allocate_snapshots(rep.snapshots, allocate, registry, budget_yuan=config.budget_yuan,
-                                       solver=config.solver, bundle_version=scorer.version, seed=config.seed)
+                                       solver=config.solver, bundle_version=scorer.version, seed=config.seed,
+                                       explain=explain)
         t2 = tick()
         mult = None
         if scenario is not None and tag == "scenario":

@@ -63,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="columnar/spark engines: a Parquet invoice table (file, folder or, for Spark, any "
                              "URL its executors read) with the columns of docs/backtest.md, instead of the data "
                              "set's validated invoices")
+    parser.add_argument("--reasons", choices=("lines", "all", "none"), default="lines",
+                        help="which rows get their risk factors (integrated gradients, most of the scoring time): "
+                             "lines (default: every credit line lent or published as of each date, and its score), "
+                             "all (every scored enterprise-date in lines.csv) or none")
     parser.set_defaults(func=run)
 
 
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
         "n_events": n_events, "rejected_rows": rejected, "engine": args.engine,
         "scenario_file": str(args.scenario) if args.scenario else None,
-        "event_source": source,
+        "event_source": source, "reasons": args.reasons,
     }
     t_report = time.perf_counter()
     paths = write_report(result, args.out, extra)
@@ -232,7 +236,8 @@ def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progre
         result = run_backtest(events, dates, registry, scorer, allocate, outcomes, churn.churn, config,
                               scenario=scenario, industry_of=industry_of,
                               on_progress=lambda n: progress.advance(replay_task, n),
-                              clock=time.perf_counter, alert_rules=load_settings().alerts.rules())
+                              clock=time.perf_counter, alert_rules=load_settings().alerts.rules(),
+                              reasons=args.reasons)
     except AllocatorError as exc:
         raise UserError(f"allocator: {exc}") from None
     result.timings_s["load_s"] = load_s
@@ -338,16 +343,17 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
     fold_s = time.perf_counter() - t1
     score_task = progress.add_task("scoring enterprise-dates", total=None)
 
-    def replayer(*, shocked: bool, score_transform: Any, blind_ids: Any) -> Any:
+    def replayer(*, shocked: bool, score_transform: Any, blind_ids: Any, reasons: bool) -> Any:
         return score_columnar(folds[shocked], registry, scorer, score_transform=score_transform,
-                              blind_ids=blind_ids,
+                              blind_ids=blind_ids, reasons=reasons,
                               on_progress=lambda done, total: progress.update(score_task, total=total,
                                                                               completed=done))
 
     try:
         result = run_backtest([], dates, registry, scorer, allocate, outcomes, churn.churn, config,
                               scenario=scenario, industry_of=industry_of, clock=time.perf_counter,
-                              replayer=replayer, alert_rules=load_settings().alerts.rules())
+                              replayer=replayer, alert_rules=load_settings().alerts.rules(),
+                              reasons=args.reasons)
     except AllocatorError as exc:
         raise UserError(f"allocator: {exc}") from None
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from models.schema import NUMERIC_FEATURES
-from models.scoring import Score, ScoringBatch
+from models.scoring import ReasonsWanted, Score, ScoringBatch, reasons_mask
 from streams.adapters.memory import InMemoryRegistry
 from streams.events import EnterpriseScore, InvoiceEvent
 from streams.pipeline import AllocationDecision, LineDecision
@@ -29,20 +29,30 @@ _N = NUMERIC_FEATURES.index("n_invoices")
 
 
 class FeatureScorer:
-    """Default probability falls with sales; segment by invoice count; rating known or from the probability."""
+    """Default probability falls with sales; segment by invoice count; rating known or from the probability.
+
+    Reasons (where asked) name the sales and the rating the scorer was given, so a test sees from
+    which inputs they came; ``explained`` counts the rows it was asked to explain.
+    """
 
     version = "test-double-1"
 
-    def score_many(self, batch: ScoringBatch) -> list[Score]:
+    def __init__(self) -> None:
+        self.explained = 0
+
+    def score_many(self, batch: ScoringBatch, *, reasons: ReasonsWanted = True) -> list[Score]:
         out = []
+        explain = reasons_mask(reasons, len(batch.enterprise_ids))
+        self.explained += int(explain.sum())
         for i, eid in enumerate(batch.enterprise_ids):
             sales = float(np.nan_to_num(batch.numeric[i, _SALES]))
             n = float(np.nan_to_num(batch.numeric[i, _N]))
             p = 1.0 / (1.0 + math.exp(math.log1p(max(sales, 0.0)) - 6.0))
             known = batch.known_ratings[i]
             rating = known or ("A" if p < 0.2 else "B" if p < 0.5 else "C" if p < 0.8 else "D")
+            why = (f"sales_y0: {sales:.2f}", f"known_rating: {known}") if explain[i] else None
             out.append(Score(eid, rating, known is not None, {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}, p,
-                             "big" if n >= 5 else "small"))
+                             "big" if n >= 5 else "small", reasons=why))
         return out
 
 

@@ -309,3 +309,25 @@ def test_every_score_carries_reasons_in_words(trained: TrainResult) -> None:
     assert all(r.split(":")[0] in NUMERIC_FEATURES and len(r.split(": ", 1)[1]) > 3
                for s in with_reasons for r in s.reasons)
     assert all(len(s.reasons) <= 3 for s in scores)
+
+
+def test_reasons_only_where_asked_and_the_same_whichever_batch_computes_them(trained: TrainResult) -> None:
+    """``score_many(batch, reasons=...)``: every other field is the same; a row's reasons are the same
+    in the whole batch, in a mask over it and in a batch of its own (the backtest explains per line)."""
+    bundle = _net_only(trained.bundle)
+    batch = synthetic_data().batch()
+    full = bundle.score_many(batch)
+    none = bundle.score_many(batch, reasons=False)
+    assert all(s.reasons is None for s in none)
+    assert [replace(s, reasons=None) for s in full] == none
+    assert sum(1 for s in full if s.reasons) > len(full) // 2
+    mask = np.arange(len(full)) % 3 == 1
+    some = bundle.score_many(batch, reasons=mask)
+    assert [s.reasons for s in some] == [f.reasons if m else None for f, m in zip(full, mask, strict=True)]
+    rows = np.flatnonzero(mask)[::-1]  # another order, another batch size
+    alone = bundle.score_many(ScoringBatch([batch.enterprise_ids[i] for i in rows], batch.numeric[rows],
+                                           [batch.categorical[i] for i in rows], batch.sequences[rows],
+                                           [batch.known_ratings[i] for i in rows]))
+    assert [s.reasons for s in alone] == [full[i].reasons for i in rows]
+    with pytest.raises(ValueError, match="reasons mask"):
+        bundle.score_many(batch, reasons=[True])

@@ -129,7 +129,7 @@ class RuleScorer:
     def __init__(self) -> None:
         self.batches: list[ScoringBatch] = []
 
-    def score_many(self, batch: ScoringBatch) -> list[Score]:
+    def score_many(self, batch: ScoringBatch, *, reasons: object = True) -> list[Score]:
         self.batches.append(batch)
         out = []
         void_rate = batch.numeric[:, NUMERIC_FEATURES.index("void_rate")]
