@@ -113,8 +113,15 @@ def integrated_gradients(forward: Callable[..., torch.Tensor], x: np.ndarray, re
     """Attributions (n, d) of ``forward(x, *fixed)`` ((n, d) -> (n,)) to ``x``, from ``reference`` (d,).
 
     ``fixed`` are per-row inputs held at their values along the path (captum repeats them per step).
-    ``with_delta`` also returns captum's convergence delta per row (n,): the attributions' sum minus
-    ``forward(x) - forward(reference)``, how far the ``n_steps`` quadrature is from completeness.
+    ``with_delta`` also returns each row's completeness gap (n,): the attributions' sum minus
+    ``forward(x) - forward(reference)``, how far the ``n_steps`` quadrature is from exact.
+
+    ``forward`` must treat rows independently (the default nets do, in eval mode). captum is given
+    the batch's *sum* of outputs: its gradient with respect to each path point is that point's own
+    gradient, so the attributions are bit for bit those of the per-row outputs, but autograd runs
+    one backward pass instead of one per output (captum's ``compute_gradients`` unbinds a vector
+    output into n x ``n_steps`` scalar roots; that bookkeeping was most of the cost of the reasons,
+    ``scripts/bench_reasons.py``).
 
     Examples
     --------
@@ -127,16 +134,19 @@ def integrated_gradients(forward: Callable[..., torch.Tensor], x: np.ndarray, re
     """
     from captum.attr import IntegratedGradients
 
+    def summed(path: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return forward(path, *args).sum().reshape(1)  # (n * n_steps, d) -> (1,)
+
     inputs = torch.as_tensor(np.asarray(x, dtype=np.float64))
     base = torch.as_tensor(np.broadcast_to(np.asarray(reference, dtype=np.float64), inputs.shape).copy())
-    ig = IntegratedGradients(forward)
-    if with_delta:
-        attr, delta = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=n_steps,
-                                   method="gausslegendre", return_convergence_delta=True)
-        return attr.detach().numpy(), delta.detach().numpy()
-    attr = ig.attribute(inputs, baselines=base, additional_forward_args=fixed or None, n_steps=n_steps,
-                        method="gausslegendre")
-    return np.asarray(attr.detach().numpy())
+    attr = IntegratedGradients(summed).attribute(inputs, baselines=base, additional_forward_args=fixed or None,
+                                                 n_steps=n_steps, method="gausslegendre")
+    out = np.asarray(attr.detach().numpy(), dtype=np.float64)
+    if not with_delta:
+        return out
+    with torch.no_grad():
+        change = np.asarray((forward(inputs, *fixed) - forward(base, *fixed)).double().numpy())  # (n,)
+    return out, out.sum(axis=1) - change
 
 
 def top_reasons(attribution: np.ndarray, columns: Sequence[str], raw: np.ndarray,

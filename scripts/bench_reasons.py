@@ -5,7 +5,9 @@ On the real enterprise-dates of a backtest (the columnar fold of the validated e
 of ``--dates``, known ratings given as the backtest and the worker give them), with a trained bundle:
 
 1. **Cost.** ``score_many(batch, reasons=False)`` vs ``score_many(batch, reasons=True)``, same batch,
-   same process: the share of scoring time that the reasons take.
+   same process: the share of scoring time that the reasons take; and the attributions as captum
+   computes them from the per-row outputs (the implementation before this script: one autograd root
+   per output) vs from their sum (:func:`models.reasons.integrated_gradients` now), checked equal.
 2. **Steps.** Integrated gradients (Gauss-Legendre) with ``--steps`` against a reference of
    ``--reference-steps``: time, captum's convergence delta (completeness: attributions' sum minus
    ``p(x) - p(reference)``, per member, in probability units), the largest attribution difference to
@@ -36,10 +38,24 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import models.reasons as reasons_module  # noqa: E402
 from models.bundle import load_bundle  # noqa: E402
 from models.reasons import IG_STEPS, top_reasons  # noqa: E402
+from models.reasons import integrated_gradients as summed_ig  # noqa: E402
 from models.schema import NUMERIC_FEATURES  # noqa: E402
 from models.scoring import ScoringBatch  # noqa: E402
+
+
+def per_output_ig(forward: object, x: np.ndarray, reference: np.ndarray, *fixed: torch.Tensor,
+                  n_steps: int = IG_STEPS, with_delta: bool = False) -> np.ndarray:
+    """captum's integrated gradients of the per-row outputs, as :mod:`models.reasons` called it before."""
+    from captum.attr import IntegratedGradients
+
+    inputs = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    base = torch.as_tensor(np.broadcast_to(np.asarray(reference, dtype=np.float64), inputs.shape).copy())
+    attr = IntegratedGradients(forward).attribute(inputs, baselines=base, additional_forward_args=fixed or None,
+                                                  n_steps=n_steps, method="gausslegendre")
+    return attr.detach().numpy()  # type: ignore[no-any-return]
 
 
 def real_batch(data: Path, cache: Path, dates: list[dt.date]) -> ScoringBatch:
@@ -100,8 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"scoring without reasons {t_plain:.1f} s, with {t_full:.1f} s: reasons are {1 - t_plain / t_full:.0%} "
           f"(other fields identical: {same})", flush=True)
 
-    # 2. integration steps against a fine reference
     out = bundle.member_outputs(batch)
+    t = time.perf_counter()
+    summed = bundle.attributions(batch, out)
+    t_sum = time.perf_counter() - t
+    reasons_module.integrated_gradients = per_output_ig  # what bundle.attributions called before
+    try:
+        t = time.perf_counter()
+        per_output = bundle.attributions(batch, out)
+        t_per = time.perf_counter() - t
+    finally:
+        reasons_module.integrated_gradients = summed_ig
+    report["captum_outputs"] = {"per_output_s": t_per, "summed_s": t_sum, "speed_up": t_per / t_sum,
+                                "identical": bool(np.array_equal(per_output, summed))}
+    print(f"attributions, {IG_STEPS} steps: per-row outputs {t_per:.1f} s, summed {t_sum:.2f} s "
+          f"({t_per / t_sum:.0f}x), identical: {np.array_equal(per_output, summed)}", flush=True)
+
+    # 2. integration steps against a fine reference
     raw = np.asarray(batch.numeric, dtype=np.float64)
 
     def words(attr: np.ndarray) -> list[tuple[str, ...]]:

@@ -197,6 +197,22 @@ def roc_ks(default_probability: Sequence[float] | np.ndarray, defaulted: Sequenc
     return Discrimination(float(roc_auc_score(y, p)), float(np.max(tpr - fpr)), fpr, tpr, int(y.size), n_pos)
 
 
+def log_loss(default_probability: Sequence[float] | np.ndarray, defaulted: Sequence[bool] | np.ndarray) -> float:
+    """Mean log loss of default probabilities against the outcomes (clipped at 1e-6); NaN without rows.
+
+    Examples
+    --------
+    >>> round(log_loss([0.9, 0.2], [True, False]), 4)
+    0.1643
+    """
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    p = np.clip(np.asarray(default_probability, dtype=np.float64), 1e-6, 1 - 1e-6)
+    if p.size == 0:
+        return math.nan
+    return float(sk_log_loss(np.asarray(defaulted, dtype=int), p, labels=[0, 1]))
+
+
 def first_flag_dates(
     history: Mapping[dt.date, Mapping[str, float]],
     outcomes: Mapping[str, Outcome],

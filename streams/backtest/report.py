@@ -77,6 +77,12 @@ def summary_table(run: RunResult) -> pd.DataFrame:
     return pd.DataFrame([d.row() for d in run.dates])
 
 
+def challenger_frame(result: BacktestResult) -> pd.DataFrame:
+    """Served default probability vs the shadow challenger on the labeled enterprises, per date."""
+    cols = ["as_of", "n_labeled_scored", "auc", "auc_challenger", "log_loss", "log_loss_challenger"]
+    return pd.DataFrame([{c: d.row()[c] for c in cols} for d in result.base.dates], columns=cols)
+
+
 def psi_frame(result: BacktestResult) -> pd.DataFrame:
     rows = [{"from": a.isoformat(), "to": b.isoformat(), "feature": f, "psi": v}
             for (a, b), table in result.drift.psi.items() for f, v in table.items()]
@@ -196,6 +202,7 @@ def render_figures(result: BacktestResult) -> dict[str, str]:
         ax.plot(x, summary["ks"].astype(float), "s-", label="KS, known rating given")
         ax.plot(x, summary["auc_blind"].astype(float), "o--", label="AUC, rating hidden")
         ax.plot(x, summary["ks_blind"].astype(float), "s--", label="KS, rating hidden")
+        ax.plot(x, summary["auc_challenger"].astype(float), "d:", label="AUC, challenger (per-rating rate)")
     ax.set_ylim(0, 1.05)
     ax.set_title("Default model discrimination as of each date")
     ax.legend(fontsize=7)
@@ -307,7 +314,8 @@ def summary_json(result: BacktestResult, extra: Mapping[str, Any] | None = None)
         "alerts": {"n": len(result.alerts), "by_rule": count_by_rule(result.alerts)},
         "timings_s": result.timings_s,
         "label_caveat": "ratings and defaults are known as of the data set's end (2020-02), not per as-of date; "
-                        "the model bundle was fitted on the same labeled enterprises (in-sample).",
+                        "the bundle is cross-fitted: each labeled enterprise is scored by the member that never "
+                        "saw its label (out of fold), holdout and unlabeled enterprises by all members.",
     }
     if result.shocked is not None and result.scenario is not None:
         out["scenario"] = {
@@ -384,6 +392,12 @@ def render_html(result: BacktestResult, figures: Mapping[str, str], title: str =
         "<h2>Default model</h2>",
         fig("roc", "ROC of the default probability as of each date", "roc.csv"),
         fig("auc-ks", "AUC and KS as of each date", "summary.csv"),
+        "<h3>Served vs challenger</h3>",
+        "<p class='note'>The challenger is the per-rating default rate of each scoring member's training rows, "
+        "scored in shadow beside the served probability (<code>challenger_default_probability</code> in "
+        "lines.csv and in every score event). Both on the labeled enterprises with their known ratings; "
+        "lower log loss is better.</p>",
+        _table_html(challenger_frame(result)),
         f"<h3>Early warning (threshold {cfg.flag_threshold})</h3>",
         _table_html(early_flags_frame(result)),
         "<h2>Drift</h2>",

@@ -34,6 +34,7 @@ from streams.backtest.outcomes import (
     Realised,
     first_flag_dates,
     flat_allocation,
+    log_loss,
     realised_profit,
     roc_ks,
 )
@@ -73,6 +74,10 @@ class DateResult:
     realised_flat: Realised
     discrimination: Discrimination
     discrimination_blind: Discrimination
+    # the shadow challenger (per-rating default rate) on the same labeled enterprises, and both log losses
+    discrimination_challenger: Discrimination | None = None
+    log_loss: float = float("nan")
+    log_loss_challenger: float = float("nan")
 
     @property
     def total_lent_yuan(self) -> float:
@@ -102,6 +107,9 @@ class DateResult:
             "ks": _none_if_nan(self.discrimination.ks),
             "auc_blind": _none_if_nan(self.discrimination_blind.auc),
             "ks_blind": _none_if_nan(self.discrimination_blind.ks),
+            "auc_challenger": _none_if_nan(self.discrimination_challenger.auc) if self.discrimination_challenger else None,
+            "log_loss": _none_if_nan(self.log_loss),
+            "log_loss_challenger": _none_if_nan(self.log_loss_challenger),
             "n_labeled_scored": self.discrimination.n,
         }
 
@@ -197,6 +205,8 @@ def evaluate_decisions(
         kw = {"churn": churn, "lgd": config.lgd, "churn_multiplier": mult}
         labeled = [(s.default_probability, outcomes[e].defaulted) for e, s in sorted(d.scores.items()) if e in outcomes]
         disc = roc_ks([p for p, _ in labeled], [y for _, y in labeled])
+        shadow = [(s.challenger_default_probability, outcomes[e].defaulted) for e, s in sorted(d.scores.items())
+                  if e in outcomes and s.challenger_default_probability is not None]
         blind = [(s.default_probability, outcomes[e].defaulted) for e, s in sorted(d.blind_scores.items())
                  if e in outcomes]
         disc_blind = roc_ks([p for p, _ in blind], [y for _, y in blind])
@@ -207,6 +217,9 @@ def evaluate_decisions(
             realised_profit(flat, outcomes, **kw),  # type: ignore[arg-type]
             disc,
             disc_blind,
+            roc_ks([p for p, _ in shadow], [y for _, y in shadow]),
+            log_loss([p for p, _ in labeled], [y for _, y in labeled]),
+            log_loss([p for p, _ in shadow], [y for _, y in shadow]) if len(shadow) == len(labeled) else float("nan"),
         ))
     return out
 

@@ -26,6 +26,7 @@ from streams.ports import EnterpriseInfo
 
 _SALES = NUMERIC_FEATURES.index("sales_y0")
 _N = NUMERIC_FEATURES.index("n_invoices")
+_RATE = {"A": 0.02, "B": 0.05, "C": 0.1, "D": 0.9}  # the double's shadow challenger: a per-rating rate
 
 
 class FeatureScorer:
@@ -52,7 +53,8 @@ class FeatureScorer:
             rating = known or ("A" if p < 0.2 else "B" if p < 0.5 else "C" if p < 0.8 else "D")
             why = (f"sales_y0: {sales:.2f}", f"known_rating: {known}") if explain[i] else None
             out.append(Score(eid, rating, known is not None, {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25}, p,
-                             "big" if n >= 5 else "small", reasons=why))
+                             "big" if n >= 5 else "small", reasons=why,
+                             challenger_default_probability=_RATE[rating]))
         return out
 
 

@@ -121,8 +121,11 @@ def test_the_report_is_one_self_contained_file_with_every_plot_and_its_tables(tm
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n", fid
     summary = json.loads((tmp_path / "summary.json").read_text())
     keys = {"as_of", "total_lent", "expected_profit", "realised_profit", "realised_profit_rules",
-            "realised_profit_flat", "auc", "auc_blind"}
+            "realised_profit_flat", "auc", "auc_blind", "auc_challenger", "log_loss", "log_loss_challenger"}
     assert summary["dates"] and all(keys <= set(row) for row in summary["dates"])
+    # the shadow challenger is in the report beside the served probability
+    assert all(row["log_loss_challenger"] is not None and row["log_loss"] is not None for row in summary["dates"])
+    assert "Served vs challenger" in (tmp_path / "report.html").read_text(encoding="utf-8")
     for name in ("summary.csv", "lines.csv", "roc.csv", "psi.csv", "drift_alarms.csv", "early_flags.csv",
                  "scenario_diff.csv"):
         assert paths[name].stat().st_size > 0, name

@@ -331,3 +331,29 @@ def test_reasons_only_where_asked_and_the_same_whichever_batch_computes_them(tra
     assert [s.reasons for s in alone] == [full[i].reasons for i in rows]
     with pytest.raises(ValueError, match="reasons mask"):
         bundle.score_many(batch, reasons=[True])
+
+
+def test_integrated_gradients_of_the_summed_outputs_equal_captums_per_row_ones(trained: TrainResult) -> None:
+    """models.reasons gives captum the batch's sum of outputs (one backward pass): the attributions
+    must be bit for bit those of captum on the per-row outputs, for every member's served function."""
+    from captum.attr import IntegratedGradients
+
+    import torch
+
+    from models.reasons import IG_STEPS, integrated_gradients
+
+    bundle = trained.bundle
+    batch = synthetic_data().batch()
+    cleaned = bundle.cleaned(batch.numeric)
+    reference = bundle.cleaned(np.asarray([bundle.preprocessor.fill]))[0]
+    rating_vec = torch.as_tensor(np.eye(4)[np.arange(len(cleaned)) % 4])
+    for m in bundle.members:
+        cols = [NUMERIC_FEATURES.index(c) for c in m.selected]
+        x = cleaned[:, cols]
+        ours, gap = integrated_gradients(m.default.rated_torch, x, reference[cols], rating_vec, with_delta=True)
+        inputs = torch.as_tensor(x)
+        theirs = IntegratedGradients(m.default.rated_torch).attribute(
+            inputs, baselines=torch.as_tensor(np.broadcast_to(reference[cols], x.shape).copy()),
+            additional_forward_args=(rating_vec,), n_steps=IG_STEPS, method="gausslegendre")
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())
+        assert np.abs(gap).max() < 5e-3  # completeness: the sums add up to p(x) - p(reference)
