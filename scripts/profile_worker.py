@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             spy.wait(60)
         worker.stop()
         asyncio.run(benchlib.delete_topic(args.bootstrap, topic))
-        from streams.adapters.redis_store import clear_prefix
-        import redis
+        from streams.adapters.redis_store import clear_prefix, connect
+        from streams.settings import Settings
 
-        clear_prefix(redis.Redis.from_url(args.redis), run)
+        redis_settings = Settings().redis  # credentials from the env and the services' file
+        clear_prefix(connect(redis_settings.model_copy(update={"url": args.redis})), run)
     rate = len(records) / seconds
     summary = {"invoices": len(records), "seconds": round(seconds, 2), "invoices_per_s": round(rate),
                "baseline_plain_aiokafka_msgs_per_s": baseline.msgs_per_s,

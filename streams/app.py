@@ -47,7 +47,7 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint, Source,
-                              decide_allocation, merge_outcomes, poison_letter, process_batch)
+                              decide_allocation, fold_batch, merge_outcomes, poison_letter, score_touched)
 from streams.policy import IngestPolicy
 from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
                            ScoreStore)
@@ -170,6 +170,30 @@ class Stopped(Exception):
     """The worker was asked to stop while waiting for a service; the batch is left uncommitted."""
 
 
+@dataclass
+class _Window:
+    """What the batches folded since the last rescoring owe: the enterprises to rescore, as of which date, and
+    the dead letters, record timestamps and message count to report once the scores are out."""
+
+    touched: set[str] = field(default_factory=set)
+    watermark: dt.date | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    timestamps_ms: list[int] = field(default_factory=list)
+    messages: int = 0
+    since: float | None = None  # time.monotonic() of the window's first batch; None: empty
+
+    def add(self, outcome: BatchOutcome, messages: int, timestamps_ms: list[int]) -> None:
+        self.touched.update(outcome.applied.touched)
+        mark = outcome.applied.watermark
+        if mark is not None and (self.watermark is None or mark > self.watermark):
+            self.watermark = mark
+        self.dead_letters.extend(outcome.dead_letters)
+        self.timestamps_ms.extend(timestamps_ms)
+        self.messages += messages
+        if self.since is None:
+            self.since = time.monotonic()
+
+
 class WorkerCore:
     """One batch, one allocator step: off the event loop, through the ports, never fatal for a service outage.
 
@@ -192,6 +216,7 @@ class WorkerCore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
+        self._window = _Window()
         self.policy = IngestPolicy.from_settings(ctx.settings.ingest)
         for component in ("store", "kafka"):  # the series exist (at 0) before anything fails
             ctx.metrics.degraded.labels(component=component).set(0)
@@ -237,26 +262,46 @@ class WorkerCore:
     # ------------------------------------------------------------------ one batch
 
     async def handle(self, records: Sequence[Record]) -> BatchOutcome:
-        """Process one polled batch and publish its dead letters and scores; returns once all are acknowledged.
+        """Fold one polled batch and rescore what it touched (:meth:`fold` then :meth:`flush`).
+
+        Returns once its dead letters and scores are acknowledged.
 
         Raises
         ------
         Stopped
             When :meth:`stop` was called while waiting for Redis or Kafka: nothing may be committed.
         """
-        ctx, m = self.ctx, self.ctx.metrics
+        folded = await self.fold(records)
+        scored = await self.flush()
+        return BatchOutcome(folded.events, folded.dead_letters, folded.applied, scored)
+
+    @property
+    def pending(self) -> bool:
+        """Whether folded batches wait for their rescoring (their offsets must not be committed yet)."""
+        return self._window.since is not None
+
+    def flush_in_s(self) -> float:
+        """Seconds until the pending window is due for rescoring (0: due now; ``inf``: nothing pending)."""
+        since = self._window.since
+        if since is None:
+            return float("inf")
+        return max(0.0, since + self.ctx.settings.worker.rescore_within_s - time.monotonic())
+
+    async def fold(self, records: Sequence[Record]) -> BatchOutcome:
+        """Ingest and fold one polled batch, publish its dead letters; its rescoring joins the pending window.
+
+        Raises
+        ------
+        Stopped
+            As :meth:`handle`.
+        """
+        m = self.ctx.metrics
         t0 = time.perf_counter()
         messages = [(r.value or b"", Source(r.topic, r.partition, r.offset, decode_key(r.key), r.timestamp))
                     for r in records]
         outcome = await self._process(messages)
-        t1 = time.perf_counter()
         await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
                             refused=_without_payload)
-        await self._publish(self.outputs.scores, [(sc.enterprise_id, sc) for sc in outcome.scores])
-        published_ms = time.time() * 1000
-        alarms = ctx.drift.observe(outcome.scores)
-        if self.alerts is not None:  # early warnings, before the shell commits the batch (at least once)
-            await self.alerts.after_batch(outcome.scores, outcome.dead_letters, alarms)
         m.batches.inc()
         m.events.labels(outcome="applied").inc(outcome.applied.applied)
         m.events.labels(outcome="duplicate").inc(outcome.applied.duplicates)
@@ -265,26 +310,57 @@ class WorkerCore:
             m.dead_letter(d.reason)
             log.warning("dead letter topic=%s partition=%s offset=%s reason=%s: %s", d.source_topic,
                         d.source_partition, d.source_offset, d.reason, d.error)
-        m.scores.inc(len(outcome.scores))
+        if outcome.applied.watermark is not None:
+            m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
+        self._window.add(outcome, len(messages), [r.timestamp for r in records if r.timestamp and r.timestamp > 0])
+        m.batch_latency.observe(time.perf_counter() - t0)
+        self.batches += 1
+        return outcome
+
+    async def flush(self) -> list[EnterpriseScore]:
+        """Rescore every enterprise the pending window touched, once, as of its watermark; publish the scores.
+
+        Returns once the scores are acknowledged; the shell then commits the window's offsets.
+
+        Raises
+        ------
+        Stopped
+            As :meth:`handle` (the window stays uncommitted: it is redelivered).
+        """
+        ctx, m = self.ctx, self.ctx.metrics
+        window, self._window = self._window, _Window()
+        if window.since is None:
+            return []
+        t0 = time.perf_counter()
+        scores: list[EnterpriseScore] = []
+        if window.touched and window.watermark is not None:
+            scores = await self._rescore(sorted(window.touched), window.watermark)
+        t1 = time.perf_counter()
+        await self._publish(self.outputs.scores, [(sc.enterprise_id, sc) for sc in scores])
+        published_ms = time.time() * 1000
+        alarms = ctx.drift.observe(scores)
+        if self.alerts is not None:  # early warnings, before the shell commits the window (at least once)
+            await self.alerts.after_batch(scores, window.dead_letters, alarms)
+        m.scores.inc(len(scores))
         for alarm in alarms:
             m.drift_alarms.labels(signal=str(alarm.key)).inc()
             log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
                         alarm.n_seen, alarm.value)
-        if outcome.scores:
-            m.freshness(max(0.0, (published_ms - r.timestamp) / 1000) for r in records if r.timestamp and r.timestamp > 0)
-        m.batch_latency.observe(time.perf_counter() - t0)
+        if scores:
+            m.freshness(max(0.0, (published_ms - ts) / 1000) for ts in window.timestamps_ms)
         m.scoring_latency.observe(t1 - t0)
-        if outcome.applied.watermark is not None:
-            m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
-        self.processed += len(messages)
-        self.batches += 1
+        self.processed += window.messages
         self.last_batch_at = time.time()
-        return outcome
+        return scores
 
     async def _process(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
-        """Process with retries; a batch that fails for another reason is split until the culprit is found."""
+        """Fold with retries; a batch that fails for another reason is split until the culprit is found."""
+        ctx = self.ctx
         try:
-            return await self._process_retrying(messages)
+            first, last = messages[0][1], messages[-1][1]
+            return await self._retrying(
+                partial(fold_batch, messages, ctx.features, ctx.registry, now=ctx.clock(), policy=self.policy),
+                f"batch failed topic={first.topic} partition={first.partition} offset={first.offset}..{last.offset}")
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one message must not stop the stream
@@ -300,22 +376,41 @@ class WorkerCore:
             mid = len(messages) // 2
             return merge_outcomes(await self._process(messages[:mid]), await self._process(messages[mid:]))
 
-    async def _process_retrying(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
+    async def _rescore(self, ids: list[str], as_of: dt.date) -> list[EnterpriseScore]:
+        """Rescore with retries; a failure for another reason is split until the enterprise is found.
+
+        That enterprise's features stay applied and its score is not updated (logged); the next
+        event that touches it tries again.
+        """
+        ctx = self.ctx
+        try:
+            return await self._retrying(
+                partial(score_touched, ids, ctx.features, ctx.scores, ctx.registry, ctx.scorer, as_of=as_of,
+                        now=ctx.clock(), score_batch_size=ctx.settings.worker.score_batch_size),
+                f"rescoring {len(ids)} enterprise(s) as of {as_of} failed")
+        except Stopped:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one enterprise's model failure must not stop the stream
+            if len(ids) == 1:
+                log.error("rescoring %s as of %s failed: %r; its features are applied, its score is not updated",
+                          ids[0], as_of, exc)
+                return []
+            mid = len(ids) // 2
+            return await self._rescore(ids[:mid], as_of) + await self._rescore(ids[mid:], as_of)
+
+    async def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` on the core's thread until no retriable store error stops it (waiting degraded meanwhile)."""
         ctx = self.ctx
         delay = BACKOFF_FIRST_S
         while True:
             try:
-                outcome = await self._in_thread(partial(
-                    process_batch, messages, ctx.features, ctx.scores, ctx.registry, ctx.scorer, now=ctx.clock(),
-                    score_batch_size=ctx.settings.worker.score_batch_size, policy=self.policy))
+                out = await self._in_thread(fn)
             except StreamError as exc:
                 # a write may have half-happened: whatever this process cached no longer says what the store holds
                 ctx.features.invalidate()
                 if not exc.retriable:
                     raise
-                first, last = messages[0][1], messages[-1][1]
-                log.error("batch failed topic=%s partition=%s offset=%s..%s: %s", first.topic, first.partition,
-                          first.offset, last.offset, exc)
+                log.error("%s: %s", what, exc)
                 self.degrade("store", exc)
                 ctx.metrics.store_retries.inc()
                 delay = await self._backoff(delay)
@@ -324,7 +419,7 @@ class WorkerCore:
                 ctx.features.invalidate()
                 raise
             self.recover("store")
-            return outcome
+            return out
 
     async def _publish(self, publisher: BatchPublisher[T], items: list[tuple[str, T]], *,
                        refused: Callable[[T, Exception], T] | None = None) -> None:
@@ -466,39 +561,58 @@ class IngestLoop:
             self.core.close()
 
     async def run(self) -> None:
-        """Loop until :meth:`stop`."""
+        """Loop until :meth:`stop`: fold each polled batch, rescore once per window, then commit the window.
+
+        A window closes when ``worker.rescore_within_s`` has passed since its first batch, or at once
+        when a poll finds nothing new (caught up), or on stop. Offsets are committed only after the
+        window's dead letters and scores are acknowledged.
+        """
         if self.consumer is None or self.core is None:
             raise RuntimeError("IngestLoop.start() first")
-        consumer, core = self.consumer, self.core
-        within_ms = int(self.ctx.settings.worker.batch_within_s * 1000)
+        try:
+            await self._run(self.consumer, self.core)
+        except Stopped:
+            log.warning("stopped while waiting for a service; the batches in flight stay uncommitted")
+        finally:
+            self._idle.set()
+
+    async def _run(self, consumer: AIOKafkaConsumer, core: WorkerCore) -> None:
+        worker = self.ctx.settings.worker
+        within_ms = int(worker.batch_within_s * 1000)
+        pending: dict[TopicPartition, int] = {}  # next offset per partition, committed when the window is out
         delay = BACKOFF_FIRST_S
-        while not self._stopping.is_set():
+        while True:
+            if self._stopping.is_set():  # finish the window in flight: its offsets are committed
+                if core.pending:
+                    await core.flush()
+                    await self._commit(pending)
+                return
+            wait_ms = within_ms if not core.pending else min(within_ms, int(core.flush_in_s() * 1000))
             try:
-                batch = await consumer.getmany(timeout_ms=within_ms, max_records=self.ctx.settings.worker.batch_size)
+                batch = await consumer.getmany(timeout_ms=wait_ms, max_records=worker.batch_size)
             except KafkaError as exc:  # the consumer reconnects by itself; say so and wait
                 core.degrade("kafka", f"fetch failed: {exc!r}")
-                try:
-                    delay = await core._backoff(delay)  # noqa: SLF001 - the same backoff as the core's
-                except Stopped:
-                    return
+                delay = await core._backoff(delay)  # noqa: SLF001 - the same backoff as the core's
                 continue
             delay = BACKOFF_FIRST_S
-            if not batch:
-                continue
-            self._idle.clear()
-            try:
-                await core.handle([msg for msgs in batch.values() for msg in msgs])
-            except Stopped:
-                log.warning("stopped while waiting for a service; the batch in flight stays uncommitted")
-                return
-            finally:
+            records = [msg for msgs in batch.values() for msg in msgs]
+            if records:
+                self._idle.clear()
+                await core.fold(records)
+                pending.update({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
+            if core.pending and (not records or core.flush_in_s() <= 0):
+                await core.flush()
+                await self._commit(pending)
+                pending = {}
                 self._idle.set()
-            await self._commit(batch)
 
-    async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None and self.core is not None  # noqa: S101 - run() checked
         consumer, m = self.consumer, self.ctx.metrics
-        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs}
+        assigned = consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}  # revoked meanwhile: the new owner redoes them
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except CommitFailedError as exc:  # a rebalance took the partitions: the new owner redoes them
@@ -506,13 +620,10 @@ class IngestLoop:
                         {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
         except KafkaError as exc:  # the broker is away: the next batch's commit covers these offsets
             self.core.degrade("kafka", f"offset commit failed: {exc!r}")
-        assigned = consumer.assignment()
-        for tp, msgs in batch.items():
-            if tp not in assigned:  # revoked by a rebalance meanwhile
-                continue
+        for tp, next_offset in offsets.items():
             hw = consumer.highwater(tp)
-            if hw is not None and msgs:
-                m.lag.labels(partition=str(tp.partition)).set(max(0, hw - msgs[-1].offset - 1))
+            if hw is not None:
+                m.lag.labels(partition=str(tp.partition)).set(max(0, hw - next_offset))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

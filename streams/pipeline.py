@@ -357,6 +357,53 @@ class BatchOutcome:
     scores: list[EnterpriseScore]
 
 
+def fold_batch(
+    messages: Sequence[tuple[bytes | str | Mapping[str, object], Source]],
+    features: FeatureStore,
+    registry: EnterpriseRegistry,
+    *,
+    now: dt.datetime,
+    policy: IngestPolicy = DEFAULT_POLICY,
+) -> BatchOutcome:
+    """Ingest and fold one micro-batch, without scoring (``scores`` of the outcome is empty).
+
+    The worker folds every polled batch at once and rescores what the batches touched once per
+    window (:func:`score_touched`); :func:`process_batch` does both for one batch.
+    """
+    events: list[InvoiceEvent] = []
+    raws: list[bytes | str | Mapping[str, object]] = []
+    sources: list[Source] = []
+    dead: list[DeadLetter] = []
+    for raw, source in messages:
+        item = ingest(raw, source, now, policy)
+        if isinstance(item, InvoiceEvent):
+            events.append(item)
+            raws.append(raw)
+            sources.append(source)
+        else:
+            dead.append(item)
+    result = apply_events(features, events, sources, registry=registry, quorum=policy.watermark_quorum)
+    dead.extend(dead_letters_for(result, raws, sources, now, policy))
+    return BatchOutcome(events, dead, result, [])
+
+
+def score_touched(
+    touched: Iterable[str],
+    features: FeatureStore,
+    scores: ScoreStore,
+    registry: EnterpriseRegistry,
+    scorer: Scorer,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    score_batch_size: int = 256,
+) -> list[EnterpriseScore]:
+    """Rescore ``touched`` as of ``as_of`` (:func:`rescore`) and save the new scores to ``scores``."""
+    new_scores = rescore(touched, features, registry, scorer, as_of=as_of, now=now, batch_size=score_batch_size)
+    scores.put_many(new_scores)
+    return new_scores
+
+
 def process_batch(
     messages: Sequence[tuple[bytes | str | Mapping[str, object], Source]],
     features: FeatureStore,
@@ -374,26 +421,13 @@ def process_batch(
     event-time watermark after the batch, which moves by the quorum of ``registry``'s clients
     (``policy.watermark_quorum``, :mod:`streams.eventtime`).
     """
-    events: list[InvoiceEvent] = []
-    raws: list[bytes | str | Mapping[str, object]] = []
-    sources: list[Source] = []
-    dead: list[DeadLetter] = []
-    for raw, source in messages:
-        item = ingest(raw, source, now, policy)
-        if isinstance(item, InvoiceEvent):
-            events.append(item)
-            raws.append(raw)
-            sources.append(source)
-        else:
-            dead.append(item)
-    result = apply_events(features, events, sources, registry=registry, quorum=policy.watermark_quorum)
-    dead.extend(dead_letters_for(result, raws, sources, now, policy))
-    new_scores: list[EnterpriseScore] = []
-    if scorer is not None and result.touched and result.watermark is not None:
-        new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark,
-                             now=now, batch_size=score_batch_size)
-        scores.put_many(new_scores)
-    return BatchOutcome(events, dead, result, new_scores)
+    folded = fold_batch(messages, features, registry, now=now, policy=policy)
+    result = folded.applied
+    if scorer is None or not result.touched or result.watermark is None:
+        return folded
+    new_scores = score_touched(result.touched, features, scores, registry, scorer, as_of=result.watermark, now=now,
+                               score_batch_size=score_batch_size)
+    return BatchOutcome(folded.events, folded.dead_letters, result, new_scores)
 
 
 def merge_outcomes(first: BatchOutcome, second: BatchOutcome) -> BatchOutcome:
