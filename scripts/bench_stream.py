@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freshness-rate", type=float, default=1000.0)
     parser.add_argument("--freshness-s", type=float, default=30.0)
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: full,baseline,one,two,fresh")
+    parser.add_argument("--one-env", action="append", default=[], metavar="K=V[,K=V...]",
+                        help="run phase 'one' once more per option, with these worker settings (e.g. "
+                             "RISKMON_WORKER__RESCORE_WITHIN_S=0): levers compared in the same run, same topic")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench_stream.json")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -170,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                                           "load_average_at_start": __import__("os").getloadavg()},
                               "topic_partitions": 4}
 
-    def dep(tag: str, invoices: str | None = topic) -> Deployment:
+    def dep(tag: str, invoices: str | None = topic, extra_env: dict[str, str] | None = None) -> Deployment:
         return Deployment(f"bench-{run_id}-{tag}", args.bootstrap, args.redis, f"bench-{run_id}-{tag}", args.bundle,
-                          budget_yuan=100_000_000, interval_s=5.0, invoices_topic=invoices)
+                          budget_yuan=100_000_000, interval_s=5.0, invoices_topic=invoices, extra_env=extra_env or {})
 
     def cleanup(d: Deployment) -> None:
         from streams.adapters.redis_store import clear_prefix
@@ -203,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
             result["one_worker"] = out
             print(f"one worker: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)", flush=True)
             cleanup(d)
+        for n, spec in enumerate(args.one_env):
+            env = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
+            d = dep(f"one{n}", extra_env=env)
+            out = run_workers(d, 1, len(records))
+            result.setdefault("one_worker_variants", []).append({"env": env, **out})
+            print(f"one worker with {spec}: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)", flush=True)
+            cleanup(d)
         if "two" not in skip:
             d = dep("two")
             out = run_workers(d, 2, len(records))
@@ -225,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         if "baseline_plain_aiokafka" in result and "one_worker" in result:
             result["ratio_one_worker_vs_plain"] = (result["one_worker"]["events_per_s"]
                                                    / result["baseline_plain_aiokafka"]["msgs_per_s"])
+        for v in result.get("one_worker_variants", []):
+            if "baseline_plain_aiokafka" in result:
+                v["ratio_vs_plain"] = v["events_per_s"] / result["baseline_plain_aiokafka"]["msgs_per_s"]
+                result.setdefault("ratios_variants", {})[",".join(f"{k}={x}" for k, x in v["env"].items())] = \
+                    v["ratio_vs_plain"]
         if "one_worker" in result and "two_workers" in result:
             result["speedup_two_workers"] = result["two_workers"]["events_per_s"] / result["one_worker"]["events_per_s"]
         result["load_average_at_end"] = __import__("os").getloadavg()

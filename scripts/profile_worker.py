@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", default=os.environ.get("RISKMON_KAFKA__BOOTSTRAP", "127.0.0.1:9092"))
     ap.add_argument("--redis", default=os.environ.get("RISKMON_REDIS__URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="a worker setting (repeatable)")
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "profile_worker")
     args = ap.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     # the outside baseline of the same run: a plain aiokafka consumer reading the same topic, no decode
     baseline = asyncio.run(benchlib.consume_baseline(args.bootstrap, topic, len(records)))
     d = Deployment(run, args.bootstrap, args.redis, run, args.bundle, budget_yuan=100_000_000, interval_s=3600.0,
-                   invoices_topic=topic)
+                   invoices_topic=topic, extra_env=dict(kv.split("=", 1) for kv in args.env))
     args.out.mkdir(parents=True, exist_ok=True)
     collapsed = args.out / "stacks.txt"
     worker = WorkerProcess(d, "profiled")
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"invoices": len(records), "seconds": round(seconds, 2), "invoices_per_s": round(rate),
                "baseline_plain_aiokafka_msgs_per_s": baseline.msgs_per_s,
                "ratio_worker_vs_plain": round(rate / baseline.msgs_per_s, 4),
-               "note": "the worker ran under py-spy (sampling, --nonblocking)",
+               "note": "the worker ran under py-spy (sampling, --nonblocking)", "worker_env": args.env,
                "load_average": os.getloadavg(), **summarise(collapsed)}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
