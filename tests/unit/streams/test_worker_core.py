@@ -20,6 +20,7 @@ from streams.app import Outputs, SettingsConflict, Stopped, WorkerContext, Worke
 from streams.errors import PublishFailed, StoreUnavailable
 from streams.events import AllocationSummary, DeadLetter, InvoiceEvent
 from streams.features.fold import fold_all
+from models.scoring import Score, ScoringBatch
 from streams.pipeline import REASON_PROCESSING_FAILED, AllocationPolicy, decide_allocation
 from streams.ports import DeltaItem
 from streams.settings import KafkaSettings, Settings, TopicSettings
@@ -102,6 +103,41 @@ async def test_a_batch_is_applied_scored_and_published_through_the_ports() -> No
     assert [d.reason for d in dlq.values()] == ["json_invalid"]  # type: ignore[attr-defined]
     assert set(scores.latest()) == {"E1", "E2", "E3"}
     assert core.status == "ok" and core.degraded == {}
+
+
+async def test_folded_batches_are_rescored_once_per_window_and_counted_when_their_scores_are_out() -> None:
+    scores = ListPublisher[object]()
+    core = _core(scores=scores)
+    scorer: RuleScorer = core.ctx.scorer  # type: ignore[assignment]
+    records = _records(sorted(EVENTS, key=lambda e: e.issue_date))  # E1, E2, E3 in every month
+    for start in range(0, len(records), 4):  # four polled batches fold; none is scored yet
+        await core.fold(records[start : start + 4])
+    assert core.pending and scores.items == [] and scorer.batches == [] and core.processed == 0
+    flushed = await core.flush()
+    assert sorted(x.enterprise_id for x in flushed) == ["E1", "E2", "E3"]  # each once, not once per batch
+    assert [sorted(b.enterprise_ids) for b in scorer.batches] == [["E1", "E2", "E3"]]
+    assert {x.as_of for x in flushed} == {max(e.issue_date for e in EVENTS)}  # the window's newest watermark
+    assert set(scores.latest()) == {"E1", "E2", "E3"} and core.processed == len(EVENTS) and not core.pending
+    for eid, state in fold_all(EVENTS).items():
+        assert core.ctx.features.load(eid).counters == state.counters
+    assert await core.flush() == []  # nothing pending: nothing published
+    assert len(scores.items) == 3
+
+
+async def test_a_model_failure_for_one_enterprise_costs_only_its_score() -> None:
+    class FailsOnE2(RuleScorer):
+        def score_many(self, batch: ScoringBatch) -> list[Score]:
+            if "E2" in batch.enterprise_ids:
+                raise FloatingPointError("NaN in the rating network")
+            return super().score_many(batch)
+
+    scores = ListPublisher[object]()
+    core = _core(scores=scores)
+    core.ctx.scorer = FailsOnE2()
+    out = await core.handle(_records(EVENTS))
+    assert out.applied.applied == len(EVENTS) and sorted(scores.latest()) == ["E1", "E3"]
+    assert core.ctx.features.load("E2").counters == fold_all(EVENTS)["E2"].counters  # its features stay applied
+    assert core.status == "ok" and core.processed == len(EVENTS)
 
 
 async def test_store_down_waits_degraded_then_resumes_with_exact_features() -> None:
