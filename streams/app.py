@@ -47,7 +47,7 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint, Source,
-                              decide_allocation, fold_batch, merge_outcomes, poison_letter, score_touched)
+                              decide_allocation, fold_batch, merge_outcomes, poison_letter, rescore)
 from streams.policy import IngestPolicy
 from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
                            ScoreStore)
@@ -383,11 +383,15 @@ class WorkerCore:
         event that touches it tries again.
         """
         ctx = self.ctx
+
+        def score() -> list[EnterpriseScore]:
+            new_scores = rescore(ids, ctx.features, ctx.registry, ctx.scorer, as_of=as_of, now=ctx.clock(),
+                                 batch_size=ctx.settings.worker.score_batch_size)
+            ctx.scores.put_many(new_scores)
+            return new_scores
+
         try:
-            return await self._retrying(
-                partial(score_touched, ids, ctx.features, ctx.scores, ctx.registry, ctx.scorer, as_of=as_of,
-                        now=ctx.clock(), score_batch_size=ctx.settings.worker.score_batch_size),
-                f"rescoring {len(ids)} enterprise(s) as of {as_of} failed")
+            return await self._retrying(score, f"rescoring {len(ids)} enterprise(s) as of {as_of} failed")
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - one enterprise's model failure must not stop the stream

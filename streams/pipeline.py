@@ -368,7 +368,7 @@ def fold_batch(
     """Ingest and fold one micro-batch, without scoring (``scores`` of the outcome is empty).
 
     The worker folds every polled batch at once and rescores what the batches touched once per
-    window (:func:`score_touched`); :func:`process_batch` does both for one batch.
+    window (:func:`rescore`); :func:`process_batch` does both for one batch.
     """
     events: list[InvoiceEvent] = []
     raws: list[bytes | str | Mapping[str, object]] = []
@@ -385,23 +385,6 @@ def fold_batch(
     result = apply_events(features, events, sources, registry=registry, quorum=policy.watermark_quorum)
     dead.extend(dead_letters_for(result, raws, sources, now, policy))
     return BatchOutcome(events, dead, result, [])
-
-
-def score_touched(
-    touched: Iterable[str],
-    features: FeatureStore,
-    scores: ScoreStore,
-    registry: EnterpriseRegistry,
-    scorer: Scorer,
-    *,
-    as_of: dt.date,
-    now: dt.datetime,
-    score_batch_size: int = 256,
-) -> list[EnterpriseScore]:
-    """Rescore ``touched`` as of ``as_of`` (:func:`rescore`) and save the new scores to ``scores``."""
-    new_scores = rescore(touched, features, registry, scorer, as_of=as_of, now=now, batch_size=score_batch_size)
-    scores.put_many(new_scores)
-    return new_scores
 
 
 def process_batch(
@@ -425,8 +408,9 @@ def process_batch(
     result = folded.applied
     if scorer is None or not result.touched or result.watermark is None:
         return folded
-    new_scores = score_touched(result.touched, features, scores, registry, scorer, as_of=result.watermark, now=now,
-                               score_batch_size=score_batch_size)
+    new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark, now=now,
+                         batch_size=score_batch_size)
+    scores.put_many(new_scores)
     return BatchOutcome(folded.events, folded.dead_letters, result, new_scores)
 
 
