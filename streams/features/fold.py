@@ -42,6 +42,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,25 +132,36 @@ def fold_delta(counters: dict[str, int], counterparties: dict[str, int], delta: 
                 counters[max_key] = new
 
 
+@functools.lru_cache(maxsize=4096)
+def _month_names(year: int, month: int, direction: str) -> tuple[str, ...]:
+    """The month counters' names of one direction: n, void, valid, amt, tot, ret, retamt, gross (built once)."""
+    m = f"m:{year:04d}{month:02d}:"
+    return tuple(f"{m}{kind}_{direction}" for kind in ("n", "void", "valid", "amt", "tot", "ret", "retamt", "gross"))
+
+
 def invoice_delta(event: InvoiceEvent) -> Delta:
-    """The counter increments one invoice contributes (pure; no state)."""
+    """The counter increments one invoice contributes (pure; no state; no zero increments)."""
     d = event.direction
-    month = f"m:{event.issue_date.year:04d}{event.issue_date.month:02d}:"
-    delta: Delta = {f"{month}n_{d}": 1, f"cp:{d}:{event.counterparty_id}": 1}
+    issue = event.issue_date
+    n, void, valid, amt, tot, ret, retamt, gross = _month_names(issue.year, issue.month, d)
+    delta: Delta = {n: 1, f"cp:{d}:{event.counterparty_id}": 1}
     if event.status == "void":
-        delta[f"{month}void_{d}"] = 1
+        delta[void] = 1
         return delta
     cents = event.amount_cents
-    delta[f"{month}valid_{d}"] = 1
-    delta[f"{month}amt_{d}"] = cents
-    delta[f"{month}tot_{d}"] = event.total_cents
+    total = event.total_cents
+    delta[valid] = 1
+    if cents:
+        delta[amt] = cents
+    if total:
+        delta[tot] = total
     if cents < 0:
-        delta[f"{month}ret_{d}"] = 1
-        delta[f"{month}retamt_{d}"] = -cents
+        delta[ret] = 1
+        delta[retamt] = -cents
     elif cents > 0:
-        delta[f"{month}gross_{d}"] = cents
+        delta[gross] = cents
         delta[f"cpa:{d}:{event.counterparty_id}"] = cents
-    return {key: value for key, value in delta.items() if value != 0}
+    return delta
 
 
 @dataclass(slots=True)
