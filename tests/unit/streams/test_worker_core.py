@@ -126,10 +126,10 @@ async def test_folded_batches_are_rescored_once_per_window_and_counted_when_thei
 
 async def test_a_model_failure_for_one_enterprise_costs_only_its_score() -> None:
     class FailsOnE2(RuleScorer):
-        def score_many(self, batch: ScoringBatch) -> list[Score]:
+        def score_many(self, batch: ScoringBatch, *, reasons: object = True) -> list[Score]:
             if "E2" in batch.enterprise_ids:
                 raise FloatingPointError("NaN in the rating network")
-            return super().score_many(batch)
+            return super().score_many(batch, reasons=reasons)
 
     scores = ListPublisher[object]()
     core = _core(scores=scores)
