@@ -4,7 +4,7 @@
 Fills a fresh topic with the first ``--limit`` real invoices (event-time order), starts one worker on
 it under ``py-spy record`` (all threads, idle frames dropped), waits until the worker has processed
 every message, and prints the share of samples spent inside each stage of the hot path (a sample
-counts for every stage on its stack, so stages nest: ``process_batch`` contains ``ingest``, ...).
+counts for every stage on its stack, so stages nest: ``fold_batch`` contains ``ingest``, ...).
 Also reads the topic with a plain aiokafka consumer first (no decode; the same run's outside baseline).
 Writes the collapsed stacks (flame-graph input) and a JSON summary under ``artifacts/``.
 
@@ -38,8 +38,9 @@ from tests.e2e.harness import Deployment, WorkerProcess, wait_for  # noqa: E402
 
 # (label, frame function name as py-spy prints it) — the stages of one batch, outermost first
 STAGES = (
-    ("whole batch (WorkerCore.handle)", "handle"),
-    ("process_batch (thread)", "process_batch"),
+    ("one polled batch on the loop (WorkerCore.fold)", "fold"),
+    ("fold_batch (thread): ingest + fold", "fold_batch"),
+    ("rescoring window (WorkerCore.flush)", "flush"),
     ("ingest: decode + validate", "ingest"),
     ("apply_events: fold + Redis write", "apply_events"),
     ("rescore: features + model", "rescore"),
