@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -125,29 +125,41 @@ class Snapshot:
 ReasonsMode = Literal["lines", "all", "none"]
 REASONS_MODES: tuple[str, ...] = ("lines", "all", "none")
 
-#: ``explain(snapshot, ids) -> {id: reasons}``: the reasons of some of a snapshot's enterprises.
-Explain = Callable[[Snapshot, Sequence[str]], Mapping[str, tuple[str, ...]]]
+#: ``explain([(snapshot, ids), ...]) -> [{id: reasons}, ...]``: reasons of some enterprises of some snapshots.
+Explain = Callable[[Sequence[tuple["Snapshot", Sequence[str]]]], list[dict[str, tuple[str, ...]]]]
+
+#: Rows per ``score_many`` call when explaining.
+EXPLAIN_BATCH = 4_096
 
 
-def explainer(scorer: Scorer) -> Explain:
-    """Reasons for some enterprises of a snapshot, from the inputs the scorer saw (``Snapshot.inputs``).
+def explainer(scorer: Scorer, batch_size: int = EXPLAIN_BATCH) -> Explain:
+    """Reasons for some enterprises of some snapshots, from the inputs the scorer saw (``Snapshot.inputs``).
 
-    The same call as scoring with reasons (``score_many(batch, reasons=True)``) on those rows
-    only, so the reasons are the ones a full scoring with reasons gives.
+    One ``score_many(batch, reasons=True)`` over all the wanted rows of all the snapshots (in
+    batches of ``batch_size``): a row's reasons depend only on its own inputs, so they are the
+    ones a full scoring with reasons gives.
     """
 
-    def explain(snap: Snapshot, ids: Sequence[str]) -> Mapping[str, tuple[str, ...]]:
-        if not ids:
-            return {}
-        if snap.inputs is None:
-            raise ValueError(f"snapshot as of {snap.as_of} kept no scoring inputs: cannot compute reasons")
-        where = {e: i for i, e in enumerate(snap.enterprise_ids)}
-        rows = np.array([where[e] for e in ids], dtype=np.int64)
-        b = snap.inputs
-        sub = ScoringBatch([b.enterprise_ids[i] for i in rows], np.asarray(b.numeric)[rows],
-                           [b.categorical[i] for i in rows], np.asarray(b.sequences)[rows],
-                           [b.known_ratings[i] for i in rows])
-        return {s.enterprise_id: tuple(s.reasons or ()) for s in scorer.score_many(sub, reasons=True)}
+    def explain(wanted: Sequence[tuple[Snapshot, Sequence[str]]]) -> list[dict[str, tuple[str, ...]]]:
+        rows: list[tuple[int, str, np.ndarray, np.ndarray, tuple[str, str], str | None]] = []
+        for k, (snap, ids) in enumerate(wanted):
+            if not ids:
+                continue
+            if snap.inputs is None:
+                raise ValueError(f"snapshot as of {snap.as_of} kept no scoring inputs: cannot compute reasons")
+            where = {e: i for i, e in enumerate(snap.enterprise_ids)}
+            b = snap.inputs
+            for e in ids:
+                i = where[e]
+                rows.append((k, e, b.numeric[i], b.sequences[i], b.categorical[i], b.known_ratings[i]))
+        out: list[dict[str, tuple[str, ...]]] = [{} for _ in wanted]
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            batch = ScoringBatch([r[1] for r in part], np.stack([r[2] for r in part]), [r[4] for r in part],
+                                 np.stack([r[3] for r in part]), [r[5] for r in part])
+            for r, score in zip(part, scorer.score_many(batch, reasons=True), strict=True):
+                out[r[0]][r[1]] = tuple(score.reasons or ())
+        return out
 
     return explain
 
@@ -319,17 +331,11 @@ def allocate_snapshots(
     solver: str,
     bundle_version: str,
     seed: int = 0,
-    explain: Explain | None = None,
 ) -> list[DateDecision]:
     """Run the live allocator step (:func:`streams.pipeline.decide_allocation`) on each snapshot in turn.
 
     The lines of one date are the ``previous`` of the next, as the worker's
     :class:`~streams.ports.CreditLineStore` makes them, so change reasons match the stream's.
-
-    ``explain`` (see :func:`explainer`) adds reasons, after each date's decision, to the scores
-    and lines that need them: every line published as of that date (new or changed, as the
-    worker would publish it) and every line lent. Reasons never change a decision (the
-    allocator reads none), so the lines are the same as with reasons computed for every score.
     """
     published = InMemoryCreditLineStore()
     out: list[DateDecision] = []
@@ -343,11 +349,9 @@ def allocate_snapshots(
         if step is None:  # pragma: no cover - scores are non-empty and force is set
             continue
         outcome = step.outcome
-        scores, lines, changed = snap.scores, dict(outcome.lines), list(outcome.changed)
-        if explain is not None:
-            scores, lines, changed = _with_reasons(snap, scores, lines, changed, explain)
-        published.put_many(changed)
-        out.append(DateDecision(snap.as_of, lines, tuple(changed), outcome.summary, scores, snap.blind_scores))
+        published.put_many(outcome.changed)
+        out.append(DateDecision(snap.as_of, dict(outcome.lines), tuple(outcome.changed), outcome.summary,
+                                snap.scores, snap.blind_scores))
     return out
 
 
@@ -364,19 +368,26 @@ def lines_needing_reasons(lines: Mapping[str, CreditLine], changed: Sequence[Cre
     return sorted({ln.enterprise_id for ln in changed} | {e for e, ln in lines.items() if ln.amount_yuan > 0})
 
 
-def _with_reasons(snap: Snapshot, scores: Mapping[str, EnterpriseScore], lines: dict[str, CreditLine],
-                  changed: list[CreditLine], explain: Explain
-                  ) -> tuple[dict[str, EnterpriseScore], dict[str, CreditLine], list[CreditLine]]:
-    """One date's scores and published lines with the reasons of :func:`lines_needing_reasons` filled in.
+def explain_decisions(decisions: Sequence[DateDecision], snapshots: Sequence[Snapshot],
+                      explain: Explain) -> list[DateDecision]:
+    """The decisions with reasons on the scores and lines that need them (:func:`lines_needing_reasons`).
 
-    Unchanged lines are the previous date's objects, explained when they were published.
+    As of each date: every line published then (new or changed, as the worker publishes it) and
+    every line lent, and those enterprises' scores. Reasons never change a decision (the
+    allocator reads none), so they are computed after all of them, in one :func:`explainer` call.
+    An unchanged line is the object published at an earlier date, explained then.
     """
-    ids = [e for e in lines_needing_reasons(lines, changed) if e in scores]
-    got = explain(snap, ids)
-    new_scores = dict(scores)
-    for e in ids:
-        new_scores[e] = scores[e].model_copy(update={"risk_factors": list(got[e])})
-    new_changed = [ln.model_copy(update={"risk_factors": list(got[ln.enterprise_id])})
-                   if ln.enterprise_id in got else ln for ln in changed]
-    lines.update({ln.enterprise_id: ln for ln in new_changed})
-    return new_scores, lines, new_changed
+    by_date = {s.as_of: s for s in snapshots}
+    wanted = [(by_date[d.as_of], [e for e in lines_needing_reasons(d.lines, d.changed) if e in d.scores])
+              for d in decisions]
+    got = explain(wanted)
+    published: dict[tuple[str, str], CreditLine] = {}
+    out: list[DateDecision] = []
+    for d, why in zip(decisions, got, strict=True):
+        scores = {**d.scores, **{e: d.scores[e].model_copy(update={"risk_factors": list(r)}) for e, r in why.items()}}
+        changed = tuple(ln.model_copy(update={"risk_factors": list(why[ln.enterprise_id])})
+                        if ln.enterprise_id in why else ln for ln in d.changed)
+        published.update({(ln.enterprise_id, ln.allocation_id): ln for ln in changed})
+        lines = {e: published.get((e, ln.allocation_id), ln) for e, ln in d.lines.items()}
+        out.append(replace(d, lines=lines, changed=changed, scores=scores))
+    return out

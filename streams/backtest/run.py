@@ -21,6 +21,7 @@ from streams.backtest.engine import (
     ReplayResult,
     Snapshot,
     allocate_snapshots,
+    explain_decisions,
     explainer,
     replay,
     sales_by_month,
@@ -348,8 +349,10 @@ def run_backtest(
             rep = _Rescored(snaps, base)
         t1 = tick()
         decisions = allocate_snapshots(rep.snapshots, allocate, registry, budget_yuan=config.budget_yuan,
-                                       solver=config.solver, bundle_version=scorer.version, seed=config.seed,
-                                       explain=explain)
+                                       solver=config.solver, bundle_version=scorer.version, seed=config.seed)
+        t_reasons = tick()
+        if explain is not None:
+            decisions = explain_decisions(decisions, rep.snapshots, explain)
         t2 = tick()
         mult = None
         if scenario is not None and tag == "scenario":
@@ -357,7 +360,8 @@ def run_backtest(
             mult = lambda eid, as_of: scenario.churn_multiplier(score_industry.get(eid, "unknown"), as_of)  # noqa: E731
         results = evaluate_decisions(decisions, allocate, registry, outcomes, churn, config, churn_multiplier=mult)
         t3 = tick()
-        timings.update({f"{tag}_replay_s": t1 - t0, f"{tag}_allocate_s": t2 - t1, f"{tag}_evaluate_s": t3 - t2})
+        timings.update({f"{tag}_replay_s": t1 - t0, f"{tag}_allocate_s": t_reasons - t1,
+                        f"{tag}_reasons_s": t2 - t_reasons, f"{tag}_evaluate_s": t3 - t2})
         return RunResult(rep, results)
 
     base = one_run(None, None, None, "base")
