@@ -69,6 +69,16 @@ EOF
 # cluster_state:ok as seen by node I
 redis_node_cluster_ok() { redis_cli_node "$1" cluster info 2>/dev/null | tr -d '\r' | grep -qx 'cluster_state:ok'; }
 
+# node I is a master, or a replica whose link to its master is up (its first full sync is done).
+# A replica that never completed a sync cannot be promoted ("Disconnected from master for longer
+# than allowed"): a master killed before that leaves its slots without an owner for good.
+redis_node_replica_synced() {
+    local info
+    info="$(redis_cli_node "$1" info replication 2>/dev/null | tr -d '\r')"
+    grep -qx 'role:master' <<<"$info" && return 0
+    grep -qx 'master_link_status:up' <<<"$info" && ! grep -qx 'master_sync_in_progress:1' <<<"$info"
+}
+
 redis_cluster_up() {
     redis_cluster_check_size
     command -v redis-server >/dev/null 2>&1 || apt_install redis-server
@@ -103,6 +113,13 @@ redis_cluster_up() {
     for i in $(seq 1 "$n"); do
         until redis_node_cluster_ok "$i"; do
             [ "$SECONDS" -lt "$deadline" ] || die "Redis Cluster not ok on node $i within ${TIMEOUT} s (redis-cli -p $(redis_node_port "$i") cluster info)"
+            sleep 0.2
+        done
+    done
+    # healthy means every replica can take over: wait for each one's sync with its master
+    for i in $(seq 1 "$n"); do
+        until redis_node_replica_synced "$i"; do
+            [ "$SECONDS" -lt "$deadline" ] || die "Redis node $i: replica not in sync with its master within ${TIMEOUT} s (redis-cli -p $(redis_node_port "$i") info replication)"
             sleep 0.2
         done
     done

@@ -291,8 +291,6 @@ def _write_through_master_kill(cluster: LocalCluster, rc: redis.RedisCluster, ta
             "failed_over": new_master.port != victim.port, "killed_node": victim_index}
 
 
-@pytest.mark.xfail(strict=False, reason="passed twice at 19:44 (everysec, always: failover in ~6 s, nothing lost); "
-                   "since 20:44 no write reaches the slot's new master within 60 s (ConnectionError); cause not found yet")
 def test_sigkill_one_redis_master_replica_takes_over(redis_cluster: LocalCluster) -> None:
     fsync = redis_cluster.env["RISKMON_REDIS_APPENDFSYNC"]
     from redis.cluster import ClusterNode
@@ -348,7 +346,6 @@ def test_sigkill_one_redis_master_mid_replay(redis_cluster_for_worker: LocalClus
         topic_factory(partitions=d.partitions, config=config, name=name)
     topic_factory(partitions=1, name=t.allocations)
     client = connect(RedisSettings(url=url, socket_timeout_s=2.0))
-    _xfail_if_store_cannot_write(client, f"{prefix}-probe")
     # the master holding most of the slice's enterprises
     owners = Counter(int(client.get_node_from_key(f"x:{{{e}}}").port) for e in SLICE)
     victim_port, n_owned = owners.most_common(1)[0]
@@ -391,17 +388,3 @@ def _safe_applied(client: redis.Redis, prefix: str) -> int:
         return _applied(client, prefix)
     except (redis.RedisError, StreamError):
         return -1
-
-
-def _xfail_if_store_cannot_write(client: redis.RedisCluster, prefix: str) -> None:
-    """Known bug, found by this test: redis-py's ClusterPipeline refuses the pipelined EVALSHA of
-    ``RedisFeatureStore.apply_many``, so a worker on ``redis+cluster://`` crashes on its first batch.
-    Expected to fail while that holds; the rest of the test runs as soon as the store writes."""
-    from redis.exceptions import RedisClusterException
-
-    from streams.ports import DeltaItem
-
-    try:
-        RedisFeatureStore(client, prefix).apply_many([DeltaItem("E1", "probe-1", {"n_out": 1})])
-    except RedisClusterException as exc:
-        pytest.xfail(f"RedisFeatureStore cannot write to a Redis Cluster yet: {exc}")
