@@ -128,15 +128,19 @@ class RuleScorer:
 
     def __init__(self) -> None:
         self.batches: list[ScoringBatch] = []
+        self.reasons_asked: list[object] = []
 
     def score_many(self, batch: ScoringBatch, *, reasons: object = True) -> list[Score]:
         self.batches.append(batch)
+        self.reasons_asked.append(reasons)
         out = []
         void_rate = batch.numeric[:, NUMERIC_FEATURES.index("void_rate")]
         for eid, known, vr in zip(batch.enterprise_ids, batch.known_ratings, void_rate, strict=True):
             rating = known or "C"
+            why = (f"void_rate: {float(vr):.2f}",) if reasons is True else None
             out.append(Score(eid, rating, known is not None, {"A": 0.25, "B": 0.25, "C": 0.25, "D": 0.25},
-                             0.9 if rating == "D" else float(np.nan_to_num(vr, nan=0.5)) * 0.5, "mid-end"))
+                             0.9 if rating == "D" else float(np.nan_to_num(vr, nan=0.5)) * 0.5, "mid-end",
+                             reasons=why))
         return out
 
 
@@ -290,3 +294,17 @@ def test_score_events_and_credit_lines_carry_the_model_reasons_and_the_challenge
     line = result.lines["E3"]
     assert isinstance(line, CreditLine) and line.amount_yuan == 0 and line.schema_version == 2
     assert line.risk_factors == ["sales_growth: sales fell 43% in the last 12 months"]
+
+
+def test_the_worker_explains_every_score_it_publishes_once_per_enterprise_per_batch() -> None:
+    """Issue 8: every published score (and so every line) carries reasons; the worker scores each
+    touched enterprise once per micro-batch, however many of its invoices the batch holds."""
+    features, scores = InMemoryFeatureStore(), InMemoryScoreStore()
+    events = [_ev(e, n, dt.date(2019, 3, n)) for e in ("E1", "E2") for n in range(1, 6)]
+    messages = [(e.model_dump_json().encode(), Source("invoices", 0, i)) for i, e in enumerate(events)]
+    scorer = RuleScorer()
+    out = process_batch(messages, features, scores, _registry(), scorer, now=NOW)
+    assert scorer.reasons_asked == [True]
+    assert sorted(e for b in scorer.batches for e in b.enterprise_ids) == ["E1", "E2"]
+    assert [s.enterprise_id for s in out.scores] == ["E1", "E2"]
+    assert all(s.risk_factors for s in out.scores)
