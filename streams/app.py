@@ -3,13 +3,14 @@ aiokafka ingest loop (invoices -> Redis features -> rescoring -> scores), built 
 
 Three layers, from the inside out:
 
-* :mod:`streams.pipeline` decides (``process_batch``, ``decide_allocation``): pure over the ports.
-* :class:`WorkerCore` runs one polled batch or one allocator step: off the event loop, with
-  backoff while Redis or Kafka is down (reported as ``degraded``), splitting a batch that fails
-  for one message until that message is found and dead-lettered, and publishing only through
-  :class:`streams.ports.BatchPublisher` ports. Unit tests drive it with in-memory fakes.
-* :class:`IngestLoop` and :func:`create_app` are the Kafka shell: consume, hand the batch to the
-  core, commit its offsets only once everything it produced is acknowledged.
+* :mod:`streams.pipeline` decides (``fold_batch``, ``rescore``, ``decide_allocation``): pure over the ports.
+* :class:`WorkerCore` folds one polled batch, rescores a window of batches (``worker.rescore_within_s``)
+  or runs one allocator step: off the event loop, with backoff while Redis or Kafka is down
+  (reported as ``degraded``), splitting a batch that fails for one message until that message is
+  found and dead-lettered, and publishing only through :class:`streams.ports.BatchPublisher` ports.
+  Unit tests drive it with in-memory fakes.
+* :class:`IngestLoop` and :func:`create_app` are the Kafka shell: consume, hand each batch to the
+  core, commit a window's offsets only once everything it produced is acknowledged.
 
 Why the hot path is not a faust agent: faust-streaming 0.15's per-event stream machinery
 (one channel hand-off and ``asyncio.wait`` per message) measured ~3 000 messages/s on
