@@ -475,7 +475,10 @@ class WorkerCore:
             await self._publish(self.outputs.scores, [(x.enterprise_id, x) for x in step.refreshed])
             await self._publish(self.outputs.credit_lines, [(line.enterprise_id, line) for line in outcome.changed])
             await self._publish(self.outputs.allocations, [(outcome.summary.allocation_id, outcome.summary)])
-            if self.alerts is not None:  # early warnings on cut and closed lines
+            if self.alerts is not None:
+                # the rules over the rescored quiet enterprises (no invoice this month: their sales
+                # may have stopped, which only a rescoring shows), then on cut and closed lines
+                await self.alerts.after_batch(step.refreshed, [], [])
                 await self.alerts.after_allocation(outcome.changed)
 
             def remember() -> None:

@@ -217,6 +217,29 @@ async def test_the_allocator_step_publishes_changes_once_and_again_when_forced()
     assert forced is not None and forced.n_changed == 0 and len(summaries.items) == 2
 
 
+async def test_a_quiet_enterprise_rescored_by_the_allocator_goes_through_the_alert_rules() -> None:
+    """E1 stops invoicing after May; only the allocator's rescoring (watermark in July) shows its sales fell to 0."""
+    from streams.adapters.memory import InMemoryAlertStateStore
+    from streams.settings import AlertSettings, IngestSettings
+
+    settings = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id="core-app", kafka=KafkaSettings(group_id="core-workers"),
+                        alerts=AlertSettings(sales_min_yuan=5.0), ingest=IngestSettings(watermark_quorum=1))
+    alerts = ListPublisher[object]()
+    ctx = WorkerContext(settings=settings, features=InMemoryFeatureStore(), scores=InMemoryScoreStore(),
+                        lines=InMemoryCreditLineStore(), registry=_registry(), scorer=RuleScorer(),
+                        allocate=GreedyAllocate(), clock=lambda: NOW, alert_states=InMemoryAlertStateStore())
+    outputs = Outputs(ListPublisher(), ListPublisher(), ListPublisher(), ListPublisher(), alerts)  # type: ignore[arg-type]
+    core = WorkerCore(ctx, outputs, backoff_max_s=0.4)
+    both = [_ev(e, n, dt.date(2019, m, 3)) for n, m in ((1, 2), (2, 3), (3, 4), (5, 5)) for e in ("E1", "E2")]
+    await core.handle(_records(both))
+    await core.allocate(force=True)
+    await core.handle(_records([_ev("E2", n, dt.date(2019, m, 3)) for n, m in ((6, 6), (7, 7))], partition=1))  # E1 quiet
+    assert not [a for a in alerts.values() if a.rule == "sales_drop"]  # type: ignore[attr-defined]
+    await core.allocate(force=True)  # the watermark is in July: E1's May score is stale and rescored
+    drops = [a for a in alerts.values() if a.rule == "sales_drop"]  # type: ignore[attr-defined]
+    assert [(a.enterprise_id, a.value_before, a.value_after) for a in drops] == [("E1", 10.0, 0.0)]  # type: ignore[attr-defined]
+
+
 def test_decide_allocation_rescores_stale_scores_from_the_store_of_record() -> None:
     store = FlakyStore()
     registry, scorer = _registry(), RuleScorer()
