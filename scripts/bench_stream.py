@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freshness-rate", type=float, default=1000.0)
     parser.add_argument("--freshness-s", type=float, default=30.0)
     parser.add_argument("--skip", default="", help="comma-separated phases to skip: full,baseline,one,two,fresh")
+    parser.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="a worker setting for every phase (repeatable), e.g. RISKMON_WORKER__RESCORE_WITHIN_S=0")
     parser.add_argument("--one-env", action="append", default=[], metavar="K=V[,K=V...]",
                         help="run phase 'one' once more per option, with these worker settings (e.g. "
                              "RISKMON_WORKER__RESCORE_WITHIN_S=0): levers compared in the same run, same topic")
@@ -173,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                                           "load_average_at_start": __import__("os").getloadavg()},
                               "topic_partitions": 4}
 
+    common_env = dict(kv.split("=", 1) for kv in args.env)
+    result["worker_env"] = common_env
+
     def dep(tag: str, invoices: str | None = topic, extra_env: dict[str, str] | None = None) -> Deployment:
         return Deployment(f"bench-{run_id}-{tag}", args.bootstrap, args.redis, f"bench-{run_id}-{tag}", args.bundle,
-                          budget_yuan=100_000_000, interval_s=5.0, invoices_topic=invoices, extra_env=extra_env or {})
+                          budget_yuan=100_000_000, interval_s=5.0, invoices_topic=invoices,
+                          extra_env={**common_env, **(extra_env or {})})
 
     def cleanup(d: Deployment) -> None:
         from streams.adapters.redis_store import clear_prefix
