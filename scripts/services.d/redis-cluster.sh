@@ -110,16 +110,17 @@ redis_cluster_up() {
             die "redis-cli --cluster create failed (see $RCLUSTER_VAR/create.log; 'scripts/services wipe' for a clean slate)"
         }
     fi
-    for i in $(seq 1 "$n"); do
-        until redis_node_cluster_ok "$i"; do
-            [ "$SECONDS" -lt "$deadline" ] || die "Redis Cluster not ok on node $i within ${TIMEOUT} s (redis-cli -p $(redis_node_port "$i") cluster info)"
-            sleep 0.2
-        done
-    done
+    redis_cluster_wait_all "$n" "$deadline" redis_node_cluster_ok "Redis Cluster not ok" "cluster info"
     # healthy means every replica can take over: wait for each one's sync with its master
+    redis_cluster_wait_all "$n" "$deadline" redis_node_replica_synced "replica not in sync with its master" "info replication"
+}
+
+# redis_cluster_wait_all N DEADLINE CHECK WHAT CLI_ARGS: wait until CHECK i holds for every node i, or die
+redis_cluster_wait_all() {
+    local n="$1" deadline="$2" check="$3" what="$4" cli="$5" i
     for i in $(seq 1 "$n"); do
-        until redis_node_replica_synced "$i"; do
-            [ "$SECONDS" -lt "$deadline" ] || die "Redis node $i: replica not in sync with its master within ${TIMEOUT} s (redis-cli -p $(redis_node_port "$i") info replication)"
+        until "$check" "$i"; do
+            [ "$SECONDS" -lt "$deadline" ] || die "Redis node $i: $what within ${TIMEOUT} s (redis-cli -p $(redis_node_port "$i") $cli)"
             sleep 0.2
         done
     done
