@@ -74,7 +74,6 @@ class _Sampler(threading.Thread):
 def kafka_replay(bundle: Path, bootstrap: str, redis_url: str, unsigned: bool = False) -> dict[str, Any]:
     """Phase 1: read + publish every invoice while one worker applies them; until the last is in Redis."""
     import benchlib
-    import redis
     from bench_stream import delete_run_topics, processed_count
 
     from streams.adapters.redis_store import clear_prefix
@@ -88,7 +87,11 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str, unsigned: bool = 
     dep = Deployment(f"bench-bt-{run_id}", bootstrap, redis_url, f"bench-bt-{run_id}", bundle,
                      budget_yuan=100_000_000, interval_s=5.0, invoices_topic=topic,
                      extra_env={"RISKMON_ACCEPT_UNSIGNED_BUNDLES": "true"} if unsigned else {})
-    client = redis.Redis.from_url(redis_url)
+    from streams.adapters.redis_store import connect
+    from streams.settings import Settings
+
+    # the services run locked down: the settings carry the generated Redis credentials
+    client = connect(Settings().redis.model_copy(update={"url": redis_url}))
     worker = WorkerProcess(dep, "w0")
     sampler = _Sampler(worker)
     try:
