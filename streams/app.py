@@ -43,7 +43,7 @@ from models.scoring import Scorer
 from streams.adapters.kafka import KafkaPublisher, ProducerHandle, client_kwargs, make_producer
 from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
-from streams.errors import PublishFailed, StreamError
+from streams.errors import PublishFailed, StoreRestarted, StreamError
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
@@ -59,6 +59,7 @@ log = logging.getLogger("riskmon.worker")
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
+SYNC_EVERY_S = 1.0  # an idle worker checks this often that the store has not restarted behind its back
 BROKER_UNREACHABLE = "no broker answers a metadata request"
 
 
@@ -276,6 +277,10 @@ class WorkerCore:
         scored = await self.flush()
         return BatchOutcome(folded.events, folded.dead_letters, folded.applied, scored)
 
+    def drop_window(self) -> None:
+        """Forget the folded batches not yet rescored: the store lost them and they will be read again."""
+        self._window = _Window()
+
     @property
     def pending(self) -> bool:
         """Whether folded batches wait for their rescoring (their offsets must not be committed yet)."""
@@ -362,7 +367,7 @@ class WorkerCore:
             return await self._retrying(
                 partial(fold_batch, messages, ctx.features, ctx.registry, now=ctx.clock(), policy=self.policy),
                 f"batch failed topic={first.topic} partition={first.partition} offset={first.offset}..{last.offset}")
-        except Stopped:
+        except (Stopped, StoreRestarted):  # not a message's fault: the shell rewinds (StoreRestarted)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one message must not stop the stream
             first, last = messages[0][1], messages[-1][1]
@@ -410,6 +415,9 @@ class WorkerCore:
         while True:
             try:
                 out = await self._in_thread(fn)
+            except StoreRestarted:  # retrying is not enough: the shell reads again from the store's checkpoints
+                ctx.features.invalidate()
+                raise
             except StreamError as exc:
                 # a write may have half-happened: whatever this process cached no longer says what the store holds
                 ctx.features.invalidate()
@@ -518,6 +526,7 @@ class IngestLoop:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._recheck = True  # set again on every partition assignment (_Rebalance)
 
     @property
     def processed(self) -> int:
@@ -589,6 +598,7 @@ class IngestLoop:
         within_ms = int(worker.batch_within_s * 1000)
         pending: dict[TopicPartition, int] = {}  # next offset per partition, committed when the window is out
         delay = BACKOFF_FIRST_S
+        next_sync = 0.0
         while True:
             if self._stopping.is_set():  # finish the window in flight: its offsets are committed
                 if core.pending:
@@ -604,15 +614,94 @@ class IngestLoop:
                 continue
             delay = BACKOFF_FIRST_S
             records = [msg for msgs in batch.values() for msg in msgs]
+            if self._recheck:  # started, or partitions assigned: resume them where the store has everything
+                self._recheck = False
+                if core.pending:
+                    await core.flush()
+                    await self._commit(pending)
+                    pending = {}
+                await self._rewind(batch, "partitions assigned")  # this batch is read again
+                continue
             if records:
                 self._idle.clear()
-                await core.fold(records)
+                try:
+                    await core.fold(records)
+                except StoreRestarted as exc:  # the window's writes may be lost too: all is read again
+                    core.drop_window()
+                    pending = {}
+                    await self._rewind(batch, exc)
+                    self._idle.set()
+                    continue
                 pending.update({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
             if core.pending and (not records or core.flush_in_s() <= 0):
                 await core.flush()
                 await self._commit(pending)
                 pending = {}
                 self._idle.set()
+            elif not records and not core.pending and time.monotonic() >= next_sync:
+                await self._sync()
+                next_sync = time.monotonic() + SYNC_EVERY_S
+
+    async def _sync(self) -> None:
+        """While idle: a store that restarted and lost writes is found now, not at the next message."""
+        assert self.core is not None  # noqa: S101 - run() checked
+        try:
+            await self.core._in_thread(self.ctx.features.sync)  # noqa: SLF001 - the core's one store thread
+        except StoreRestarted as exc:
+            await self._rewind({}, exc)
+            return
+        except StreamError as exc:  # the next batch waits for it with backoff
+            self.core.degrade("store", exc)
+            return
+        self.core.recover("store")
+
+    async def _rewind(self, batch: dict[TopicPartition, list[Any]], why: object) -> None:
+        """Seek every assigned partition back to where the store has everything (never forward).
+
+        ``batch`` is not applied (it is read again). A partition the store has no checkpoint for may
+        have lost all it had (or never had one: a first start, an upgrade), so it is read again from its
+        beginning; a store that keeps no checkpoints leaves the positions as they are. Waits with backoff
+        while Redis or Kafka is down (raises Stopped when asked to stop meanwhile).
+        """
+        assert self.consumer is not None and self.core is not None  # noqa: S101 - run() checked
+        consumer, core, topic = self.consumer, self.core, self.ctx.settings.topics.invoices
+        assigned = sorted((tp for tp in consumer.assignment() if tp.topic == topic), key=lambda tp: tp.partition)
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                stored = await core._in_thread(  # noqa: SLF001 - the core's one store thread
+                    partial(self.ctx.features.resume_offsets, topic, [tp.partition for tp in assigned]))
+                missing = [tp for tp in assigned if stored is not None and tp.partition not in stored]
+                begins = await consumer.beginning_offsets(missing) if missing else {}
+                break
+            except (StreamError, KafkaError) as exc:
+                if isinstance(exc, StreamError) and not exc.retriable:
+                    raise
+                core.degrade("store" if isinstance(exc, StreamError) else "kafka", exc)
+                delay = await core._backoff(delay)  # noqa: SLF001
+        core.recover("store")
+        back: dict[TopicPartition, int] = {}
+        moved = {}
+        for tp in assigned:
+            msgs = batch.get(tp)
+            here = msgs[0].offset if msgs else await consumer.position(tp)
+            to = here if stored is None else min(here, stored.get(tp.partition, begins.get(tp, here)))
+            if msgs or to < here:
+                consumer.seek(tp, to)
+            if to < here:
+                back[tp] = to
+                moved[f"{tp.topic}/{tp.partition}"] = f"{here} -> {to}" + ("" if tp.partition in (stored or {})
+                                                                             else " (no checkpoint)")
+        if moved:
+            log.warning("%s: the store is behind the stream; reading again from its checkpoints %s", why, moved)
+            self.ctx.metrics.store_retries.inc()
+            try:  # so that a worker taking these partitions over (a rebalance, a crash) reads them again too
+                await consumer.commit(back)
+            except KafkaError as exc:
+                log.warning("could not commit the rewound offsets (%r); a worker that takes these partitions over "
+                            "now would resume past what the store lost", exc)
+        elif stored is not None:
+            log.info("store (re)connected; its checkpoints %s are not behind the stream", stored)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None and self.core is not None  # noqa: S101 - run() checked
@@ -623,6 +712,9 @@ class IngestLoop:
             return
         try:
             await consumer.commit(offsets)
+            # dead letters included: a rewind need not read them again (recorded with the store's next write)
+            self.ctx.features.handled(self.ctx.settings.topics.invoices,
+                                      {tp.partition: o for tp, o in offsets.items()})
         except CommitFailedError as exc:  # a rebalance took the partitions: the new owner redoes them
             log.warning("offset commit failed (%r) for %s; the batch will be redelivered (idempotent)", exc,
                         {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
@@ -645,6 +737,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self._invalidate("assigned", assigned)
+        self.ingest._recheck = True  # noqa: SLF001 - the loop checks where to resume before its next batch
 
     def _invalidate(self, what: str, tps: Any) -> None:
         self.ingest.ctx.features.invalidate()
@@ -676,7 +769,8 @@ def build_context(settings: Settings) -> WorkerContext:
     churn = ChurnCurves.from_csv(settings.data_dir / "churn.csv")
     from streams.adapters.cached import CachedFeatureStore
 
-    features = RedisFeatureStore(client, prefix, dedup_window_months=settings.redis.dedup_window_months)
+    features = RedisFeatureStore(client, prefix, dedup_window_months=settings.redis.dedup_window_months,
+                                 guard_restarts=True)
     return WorkerContext(settings=settings, features=CachedFeatureStore(features),
                          scores=RedisScoreStore(client, prefix), lines=RedisCreditLineStore(client, prefix),
                          registry=registry, scorer=scorer, allocate=make_allocate(churn),

@@ -24,6 +24,16 @@ class StoreUnavailable(StreamError):
     retriable = True
 
 
+class StoreRestarted(StoreUnavailable):
+    """The store may have lost acknowledged writes (it restarted) since this process last wrote to it.
+
+    Nothing of the failed call was written. Retrying the same items is not enough: events whose
+    Kafka offsets were already committed may be missing. The caller rewinds each partition to
+    :meth:`streams.ports.FeatureStore.resume_offsets` (which also lets the store write again) and
+    reads from there; the store's fences make the events read twice count once.
+    """
+
+
 class CorruptState(StreamError):
     """A stored value could not be decoded (wrong schema version or not our data)."""
 

@@ -163,6 +163,27 @@ class FeatureStore(Protocol):
         """The ``n`` most recent recorded client latest dates, newest first (who holds the watermark)."""
         ...
 
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int] | None:
+        """Per partition of ``topic``, an offset below which every event of that partition is in the store.
+
+        A lower bound, recorded by the store itself in the same ordered log as the writes it covers, so
+        it survives exactly as far as they do. After :class:`streams.errors.StoreRestarted` the worker
+        reads again from these offsets (a partition missing here: from its beginning), and this
+        call lets the store write again. None: the store keeps no checkpoints (it cannot lose acknowledged
+        writes, or cannot tell, as on a Redis Cluster), and the consumer's positions stand.
+        """
+        ...
+
+    def handled(self, topic: str, next_offsets: Mapping[int, int]) -> None:
+        """Note that every message of these partitions below these offsets is handled (applied, or
+        dead-lettered and published); recorded as checkpoints with the next write or :meth:`sync`."""
+        ...
+
+    def sync(self) -> None:
+        """Record what :meth:`resume_offsets` will answer, and raise :class:`streams.errors.StoreRestarted` if the
+        store restarted since this process last wrote (the idle worker's check); StoreUnavailable when down."""
+        ...
+
     def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
         """Forget anything cached in this process for these enterprises (all when None).
 

@@ -94,6 +94,16 @@ class CachedFeatureStore:
     def enterprise_ids(self) -> set[str]:
         return self.inner.enterprise_ids()
 
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int] | None:
+        self.invalidate()  # the store restarted: what it holds now is what it kept
+        return self.inner.resume_offsets(topic, partitions)
+
+    def handled(self, topic: str, next_offsets: Mapping[int, int]) -> None:
+        self.inner.handled(topic, next_offsets)
+
+    def sync(self) -> None:
+        self.inner.sync()
+
     def watermark(self) -> dt.date | None:
         return self.inner.watermark()
 

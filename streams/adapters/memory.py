@@ -101,6 +101,16 @@ class InMemoryFeatureStore:
     def invalidate(self, enterprise_ids: Iterable[str] | None = None) -> None:
         """Nothing is cached: the dicts are the store of record."""
 
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int] | None:
+        """Nothing acknowledged is ever lost in process: the consumer's positions stand."""
+        return None
+
+    def handled(self, topic: str, next_offsets: Mapping[int, int]) -> None:
+        """Nothing to record: see :meth:`resume_offsets`."""
+
+    def sync(self) -> None:
+        """Nothing to record: see :meth:`resume_offsets`."""
+
     def advance_watermark(self, issue_date: dt.date) -> dt.date:
         if self._watermark is None or issue_date > self._watermark:
             self._watermark = issue_date

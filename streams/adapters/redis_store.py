@@ -14,6 +14,7 @@ split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every e
     {prefix}:v2:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
     {prefix}:v2:watermark           str   the event-time watermark (ISO, compared as text)
     {prefix}:v2:latest              zset  client id -> its latest issue date (YYYYMMDD): the watermark's quorum
+    {prefix}:v2:checkpoints         hash  {topic}/{partition} -> offset below which every event is applied (worker)
     {prefix}:v2:{E123}:alerts       hash  alert rule family (score, sales, line) -> WatchState JSON
     {prefix}:v2:alerts              hash  portfolio-wide alert subject (drift:..., dlq:...) -> WatchState JSON
 
@@ -26,6 +27,17 @@ second round trip, only for enterprises with a duplicate or a dead letter in the
 Either way the script returns the counters the batch named, after the write.
 The clients are synchronous (redis-py): the worker runs a batch's store work in one
 executor thread, which keeps the pipeline functions shared with the in-process backtest.
+
+**Restarts that lose writes** (the worker's store, ``guard_restarts=True``; standalone Redis). A Redis
+that restarts keeps what its append-only file holds, which may end before writes it acknowledged
+(``appendfsync everysec``: up to about a second on a crash or a stalled disk) while the worker has
+committed their Kafka offsets. So the store calls its scripts by EVALSHA only, under a name this
+process alone uses: a restarted Redis has forgotten every script and answers NOSCRIPT without running
+anything, which the store raises as :class:`~streams.errors.StoreRestarted`. With each batch's first
+round trip it also records, per partition, the offset below which the previous batches are handled
+(``checkpoints``, after their writes in the same ordered log, so it survives only as far as they do).
+The worker then rewinds to :meth:`RedisFeatureStore.resume_offsets` and reads again; the fences make
+the re-read events count once. Redis Cluster is not covered (a failover loses writes per shard).
 ``redis+cluster://`` (or ``rediss+cluster://``) URLs select redis-py's cluster client.
 """
 
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,7 +56,7 @@ import redis.cluster
 
 from streams.adapters.dedup import content_key, fence_field, id_hash
 from streams.alerts import WatchState
-from streams.errors import CorruptState, StoreUnavailable
+from streams.errors import CorruptState, StoreRestarted, StoreUnavailable
 from streams.events import CreditLine, EnterpriseScore
 from streams.features.fold import EnterpriseState, check_delta
 from streams.ports import DEAD_LETTER_VERDICTS, DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
@@ -164,6 +177,12 @@ end
 return out
 """
 
+# KEYS: checkpoints.  ARGV: field, offset, ...  Run by EVALSHA only, like the apply script (see the module docstring).
+_CHECKPOINT_LUA: Final = """
+if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1
+"""
+
 _WATERMARK_LUA: Final = """
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or ARGV[1] > cur then
@@ -225,6 +244,9 @@ def connect(settings: RedisSettings) -> Any:
 def _translated(what: str) -> Iterator[None]:
     try:
         yield
+    except redis.exceptions.NoScriptError as exc:  # only the guarded store's EVALSHA gets here
+        raise StoreRestarted(f"Redis has forgotten this worker's scripts during {what}: it restarted and may have "
+                             "lost acknowledged writes; rewind to resume_offsets()") from exc
     except redis.exceptions.ResponseError as exc:
         raise StoreUnavailable(f"Redis refused {what}: {exc}", retriable=False) from exc
     except redis.exceptions.RedisError as exc:
@@ -291,11 +313,18 @@ class RedisFeatureStore:
     """:class:`streams.ports.FeatureStore` on Redis (see the module docstring for the layout)."""
 
     def __init__(self, client: Any, prefix: str = "riskmon", *,
-                 dedup_window_months: int = DEFAULT_DEDUP_WINDOW_MONTHS) -> None:
+                 dedup_window_months: int = DEFAULT_DEDUP_WINDOW_MONTHS, guard_restarts: bool = False) -> None:
         self._r = client
         self._k = _Keys(prefix)
         self._window = str(dedup_window_months)
-        self._apply = client.register_script(_APPLY_LUA)
+        # guarded: scripts named for this process only (a comment), so another worker's reload cannot hide a restart
+        self._guard = guard_restarts and not isinstance(client, redis.cluster.RedisCluster)
+        name = f"\n-- riskmon feature store {uuid.uuid4().hex}\n" if self._guard else ""
+        self._apply = client.register_script(_APPLY_LUA + name)
+        self._checkpoint = client.register_script(_CHECKPOINT_LUA + name)
+        self._checkpoints_key = self._k.glob("checkpoints")
+        self._armed = not self._guard  # a guarded store writes only after resume_offsets()
+        self._pending: dict[str, int] = {}  # fence field -> next offset, applied; recorded with the next batch
         self._advance = client.register_script(_WATERMARK_LUA)
         self._quorum = client.register_script(_QUORUM_LUA)
         self._latest_key = self._k.glob("latest")
@@ -320,14 +349,20 @@ class RedisFeatureStore:
                 folded[key] = folded.get(key, 0) + inc
         for key, total in folded.items():
             args += [key, total]
-        self._apply(keys=[self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")],
-                    args=args, client=pipe)
+        keys = [self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")]
+        if self._guard:  # never loaded behind our back: NOSCRIPT is how a restart shows
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+        else:
+            self._apply(keys=keys, args=args, client=pipe)
 
     def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
         if not items:
             return StoreWrite([], {})
         for item in items:
             check_delta(item.delta)
+        if not self._armed:
+            raise StoreRestarted("the feature store has not checked where to resume since it (or Redis) started; "
+                                 "rewind to resume_offsets()")
         groups: dict[tuple[str, str | None], list[int]] = {}
         for index, item in enumerate(items):
             groups.setdefault((item.enterprise_id, fence_field(item)), []).append(index)
@@ -337,14 +372,20 @@ class RedisFeatureStore:
         ceilings: dict[tuple[str, str | None], int] = {}  # the fence stays below a group's first dead letter
         first = True
         for _attempt in range(4):
-            with _translated("apply_many"):
+            with self._guarded("apply_many"):
                 pipe = self._write_pipeline()
+                recorded = dict(self._pending) if first and self._guard else {}
+                if recorded:  # after the previous batches' writes, before this one's: a lower bound in the log
+                    pipe.evalsha(self._checkpoint.sha, 1, self._checkpoints_key,
+                                 *(x for kv in recorded.items() for x in kv))
                 for (eid, fence), indices in todo.items():
                     self._call(pipe, eid, fence, [items[i] for i in indices], ceilings.get((eid, fence), -1))
                 if first:
                     for n, ids in _by_shard(list(dict.fromkeys(eid for eid, _ in groups))).items():
                         pipe.sadd(self._k.shard(n, "enterprises"), *ids)
-                results = pipe.execute()
+                results = pipe.execute()[1 if recorded else 0:]
+            if recorded and self._pending == recorded:
+                self._pending = {}
             again: dict[tuple[str, str | None], list[int]] = {}
             for (key, indices), result in zip(todo.items(), results, strict=False):
                 letters = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
@@ -374,6 +415,55 @@ class RedisFeatureStore:
                 return StoreWrite(verdicts, counters)
             todo, first = again, False
         raise StoreUnavailable("apply_many: the verdicts kept changing between attempts (another writer?)")
+
+    @contextmanager
+    def _guarded(self, what: str) -> Iterator[None]:
+        """:func:`_translated`; a restart found disarms the store until :meth:`resume_offsets`."""
+        try:
+            with _translated(what):
+                yield
+        except StoreRestarted:
+            self._armed, self._pending = False, {}
+            raise
+
+    def handled(self, topic: str, next_offsets: Mapping[int, int]) -> None:
+        if self._guard and self._armed:
+            for partition, offset in next_offsets.items():
+                fence = f"{topic}/{partition}"
+                self._pending[fence] = max(self._pending.get(fence, 0), offset)
+
+    def sync(self) -> None:
+        if not self._guard:
+            return
+        if not self._armed:
+            raise StoreRestarted("the feature store has not checked where to resume; rewind to resume_offsets()")
+        recorded = dict(self._pending)
+        with self._guarded("sync"):
+            self._r.evalsha(self._checkpoint.sha, 1, self._checkpoints_key, *(x for kv in recorded.items() for x in kv))
+        if self._pending == recorded:
+            self._pending = {}
+
+    def resume_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int] | None:
+        """The recorded checkpoints of these partitions; loads this store's scripts, so it writes again.
+
+        One pipeline, so one connection and one Redis process: the scripts are loaded into the
+        server whose checkpoints are read (a restart in between would make the next write NOSCRIPT).
+        """
+        if not self._guard:
+            return None
+        if self._armed and self._pending:  # a rebalance, not a restart: what this process applied counts
+            try:
+                self.sync()
+            except StoreRestarted:
+                pass  # the pending checkpoint went with the writes it covered
+        with _translated("resume_offsets"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.script_load(self._apply.script)
+            pipe.script_load(self._checkpoint.script)
+            pipe.hmget(self._checkpoints_key, [f"{topic}/{p}" for p in partitions])
+            *_, raw = pipe.execute()
+        self._armed, self._pending = True, {}
+        return {p: int(v) for p, v in zip(partitions, raw, strict=True) if v is not None}
 
     def load(self, enterprise_id: str) -> EnterpriseState:
         return self.load_many([enterprise_id], with_counterparties=True)[0]

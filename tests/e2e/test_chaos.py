@@ -10,7 +10,7 @@ After each fault the same four checks hold:
 4. a forced allocation publishes a credit line for every enterprise of the slice, within the budget.
 
 The faults: worker SIGKILL and restart, Kafka down for 120 s, Redis down for 60 s, Redis SIGKILLed while
-batches are being written, a 5 MB message. Each test is bounded (pytest-timeout) and marked ``chaos``.
+batches are being written, Redis back without its last acknowledged writes, a 5 MB message. Each test is bounded (pytest-timeout) and marked ``chaos``.
 """
 
 from __future__ import annotations
@@ -211,6 +211,38 @@ def test_redis_sigkilled_while_batches_are_written(deployment: Deployment, recor
         _until_degraded(worker, "store", 60)
         services("up", "redis")
         _check(deployment, expected, worker, len(BAD))
+    finally:
+        services("up")
+        worker.stop()
+
+
+def _aof_incr() -> Path:
+    """The append-only file Redis writes to now (the highest-numbered incr file)."""
+    var = Path(os.environ.get("RISKMON_VAR", ROOT / "var" / "services"))
+    return max((var / "redis" / "data").rglob("*.incr.aof"), key=lambda p: int(p.name.split(".")[-3]))
+
+
+def test_redis_loses_acknowledged_writes_and_the_worker_reads_them_again(
+        deployment: Deployment, records: list[ReplayRecord], expected: dict) -> None:  # type: ignore[type-arg]
+    """Redis comes back without the writes of the last batches, which it had acknowledged and whose offsets
+    the worker had committed: what ``appendfsync everysec`` allows on a crash (the file cut here by hand)."""
+    worker = WorkerProcess(deployment, "w")
+    try:
+        worker.wait_ready()
+        _replay(deployment, records)
+        wait_for(lambda: _processed(worker) >= len(records) // 4, 120, "a quarter processed", worker, every_s=0.02)
+        aof = _aof_incr()
+        kept = aof.stat().st_size
+        done = _processed(worker)
+        wait_for(lambda: _processed(worker) >= done + 1000, 120, "1000 more processed", worker, every_s=0.02)
+        os.kill(_redis_pid(), signal.SIGKILL)
+        time.sleep(0.5)
+        with aof.open("r+b") as f:
+            f.truncate(kept + 7)  # what was written after the mark is lost, and a command is torn
+        services("up", "redis")
+        _check(deployment, expected, worker, len(BAD))
+        log = worker.log_path.read_text(errors="replace")
+        assert "the store is behind the stream" in log, "no rewind: the test did not lose a committed batch"
     finally:
         services("up")
         worker.stop()

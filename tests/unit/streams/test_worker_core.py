@@ -17,7 +17,7 @@ import pytest
 from streams.adapters.memory import (InMemoryCreditLineStore, InMemoryFeatureStore, InMemoryScoreStore,
                                      ListPublisher)
 from streams.app import Outputs, SettingsConflict, Stopped, WorkerContext, WorkerCore, check_worker_settings
-from streams.errors import PublishFailed, StoreUnavailable
+from streams.errors import PublishFailed, StoreRestarted, StoreUnavailable
 from streams.events import AllocationSummary, DeadLetter, InvoiceEvent
 from streams.features.fold import fold_all
 from models.scoring import Score, ScoringBatch
@@ -65,6 +65,14 @@ class FlakyStore(InMemoryFeatureStore):
 
     def invalidate(self, enterprise_ids: object = None) -> None:
         self.invalidated += 1
+
+
+class RestartedStore(FlakyStore):
+    """Redis that restarted since the last write: every write is refused until the worker rewinds."""
+
+    def apply_many(self, items: Sequence[DeltaItem]) -> list[bool]:
+        self.calls += 1
+        raise StoreRestarted("Redis has forgotten this worker's scripts")
 
 
 class FlakyPublisher(ListPublisher[object]):
@@ -178,6 +186,16 @@ async def test_stopping_while_a_service_is_down_leaves_the_batch_unfinished() ->
     with pytest.raises(Stopped):
         await asyncio.wait_for(task, 5)
     assert core.processed == 0
+
+
+async def test_a_restarted_store_hands_the_batch_back_at_once_nothing_retried_split_or_published() -> None:
+    store, dlq, scores = RestartedStore(), ListPublisher[object](), ListPublisher[object]()
+    core = _core(store, dead_letters=dlq, scores=scores)
+    with pytest.raises(StoreRestarted):
+        await asyncio.wait_for(core.handle(_records([*EVENTS, b"{not json"])), 5)
+    # one try (the shell rewinds to the store's checkpoints), not split into dead letters, nothing published
+    assert store.calls == 1 and store.invalidated == 1
+    assert dlq.items == [] and scores.items == [] and core.processed == 0
 
 
 async def test_a_poison_message_is_found_by_splitting_and_dead_lettered_the_rest_applied() -> None:
