@@ -58,9 +58,10 @@ def expected(records: list[ReplayRecord]) -> dict[str, object]:
 @pytest.fixture
 def deployment(unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str,
                topic_factory) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
-    # small batches: the slice takes many batches, so a fault lands while some are in flight
+    # small batches, each rescored and committed on its own (no rescoring window): the slice takes many
+    # commits, so a fault lands while some are in flight (with the 5 s window it was all one commit)
     d = Deployment(unique_name[:60], kafka_bootstrap, redis_url, redis_prefix, get_test_bundle(), interval_s=3600.0,
-                   extra_env={"RISKMON_WORKER__BATCH_SIZE": "200"})
+                   extra_env={"RISKMON_WORKER__BATCH_SIZE": "200", "RISKMON_WORKER__RESCORE_WITHIN_S": "0"})
     t = d.topics()
     for name, config in ((t.invoices, None), (t.dlq, None), (t.scores, {"cleanup.policy": "compact"}),
                          (t.credit_lines, {"cleanup.policy": "compact"})):
