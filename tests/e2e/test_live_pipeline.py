@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,13 +147,20 @@ def test_sigkill_mid_replay_then_restart_gives_exactly_the_undisturbed_features(
     n_valid = sum(len(s.seen) for s in expected.values())
     first = WorkerProcess(deployment, "first")
     second = None
+    # published while the worker runs, at a bounded rate (~7 s of traffic): a worker cannot apply what
+    # is not published yet, so the kill lands mid-stream however fast it folds (with the rescoring
+    # window it folds at once and commits every 5 s; a slice published up front was all applied
+    # before the kill on the CI run of 2026-12-03 05:38)
+    publisher = threading.Thread(target=publish, args=(deployment, records), kwargs={"rate": 1500}, daemon=True)
     try:
         first.wait_ready()
-        publish(deployment, records, rate=4000)  # ~3 s of traffic: the kill lands mid-stream
+        publisher.start()
         wait_for(lambda: _applied(deployment) >= n_valid // 3, 60, "a third applied", first, every_s=0.05)
         first.kill()
         at_kill = _applied(deployment)
         assert at_kill < n_valid, "the worker finished before the kill; the test proves nothing"
+        publisher.join(120)
+        assert not publisher.is_alive(), "the slice was not published within 120 s"
         second = WorkerProcess(deployment, "second")
         wait_for(lambda: _applied(deployment) == n_valid, 120, "all invoices applied after restart", second)
         # every redelivered message has been processed (and must change nothing) once the group's lag is 0
