@@ -24,8 +24,22 @@ SERVICES = ROOT / "scripts" / "services"
 START_TIMEOUT_S = int(os.environ.get("RISKMON_TEST_CLUSTER_TIMEOUT_S", "300"))
 
 
-def free_port_block(size: int, *, low: int = 30_000, high: int = 60_000) -> int:
-    """The first port of ``size`` consecutive loopback ports that are free now (and their +10000 for Redis' bus)."""
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where outgoing connections take their local port)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def free_port_block(size: int, *, low: int = 10_000, high: int | None = None) -> int:
+    """The first port of ``size`` consecutive loopback ports that are free now (and their +10000 for Redis' bus).
+
+    The block and its bus ports lie below the ephemeral range: there, any outgoing connection (a
+    Kafka client's, a test's) could take a port between this check and the service's bind, which
+    skipped a Redis Cluster kill test on the CI run of 2026-12-03 06:07 ("port 46408 is taken").
+    """
+    high = high if high is not None else _ephemeral_low() - 10_000
     rng = random.Random()  # noqa: S311 - not security relevant
     for _ in range(200):
         base = rng.randrange(low, high - size)
