@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
@@ -136,7 +136,7 @@ class Outputs:
     alerts: BatchPublisher[RiskAlert] | None = None
 
     @classmethod
-    def kafka(cls, producer: AIOKafkaProducer | ProducerHandle, topics: TopicSettings) -> Outputs:
+    def kafka(cls, producer: ProducerHandle, topics: TopicSettings) -> Outputs:
         return cls(KafkaPublisher(producer, topics.dlq), KafkaPublisher(producer, topics.scores),
                    KafkaPublisher(producer, topics.credit_lines), KafkaPublisher(producer, topics.allocations),
                    KafkaPublisher(producer, topics.alerts))

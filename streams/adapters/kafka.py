@@ -240,16 +240,12 @@ def _dead(producer: AIOKafkaProducer) -> bool:
 
 
 class KafkaPublisher(Generic[T]):
-    """:class:`streams.ports.BatchPublisher` onto one topic through a producer (a started one or a handle)."""
+    """:class:`streams.ports.BatchPublisher` onto one topic through the worker's :class:`ProducerHandle`."""
 
-    def __init__(self, producer: AIOKafkaProducer | ProducerHandle, topic: str) -> None:
-        self.handle = producer if isinstance(producer, ProducerHandle) else None
-        self.producer, self.topic = producer, topic
+    def __init__(self, handle: ProducerHandle, topic: str) -> None:
+        self.handle, self.topic = handle, topic
 
     async def publish_many(self, items: Sequence[tuple[str, T]]) -> None:
-        if self.handle is None:
-            await publish_many(self.producer, self.topic, items)
-            return
         producer = await self.handle.ready()
         try:
             await publish_many(producer, self.topic, items)
