@@ -90,6 +90,17 @@ def row_to_payload(row: dict[str, str], event_id: str, name: str | None = None) 
     return payload
 
 
+def validate_row(line: int, row: dict[str, str], event_id: str) -> InvoiceEvent | RejectedRow:
+    """One source row as a validated event, or a RejectedRow saying why not (the one row rule)."""
+    try:
+        return InvoiceEvent.model_validate(row_to_payload(row, event_id))
+    except (ValidationError, ValueError) as exc:
+        reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
+        return RejectedRow(line, event_id, reason)
+    except TypeError as exc:  # a short row: csv gives None for its missing cells
+        return RejectedRow(line, event_id, f"missing_field: {exc}")
+
+
 def iter_events(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[InvoiceEvent | RejectedRow]:
     """Every row as a validated event (file order), or a RejectedRow saying why not."""
     occurrences: dict[tuple[str, str, str], int] = {}
@@ -97,12 +108,7 @@ def iter_events(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[InvoiceEvent | Re
         triple = (row["enterprise_id"], row["direction"], row["invoice_no"])
         k = occurrences.get(triple, 0)
         occurrences[triple] = k + 1
-        event_id = f"{triple[0]}-{triple[1]}-{triple[2]}-{k}"
-        try:
-            yield InvoiceEvent.model_validate(row_to_payload(row, event_id))
-        except (ValidationError, ValueError) as exc:
-            reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
-            yield RejectedRow(line, event_id, reason)
+        yield validate_row(line, row, f"{triple[0]}-{triple[1]}-{triple[2]}-{k}")
 
 
 def load_events(data_dir: Path = DEFAULT_DATA_DIR) -> tuple[list[InvoiceEvent], list[RejectedRow]]:

@@ -1,12 +1,13 @@
 """A cached, validated, event-time-sorted columnar copy of a data set's invoice events.
 
-Validating 1.1 M rows with pydantic takes about half a minute and holding 1.1 M event
-objects about 2.5 GB. The cache is built once by :func:`streams.dataset.iter_events`
-(the very validation the stream applies: it alone decides what is an event), sorted by
-issue date (stable, so same-day events keep file order, as ``load_events``), and written
-as Parquet under ``var/cache/``. Its file name carries the sha256 of the invoice file and
-of the validation code (``streams/events.py``, ``streams/dataset.py``), so a changed data
-file or validator never reads a stale cache.
+The cache is built once (:func:`streams.backtest.bulkvalidate.validated_table`: the
+invoice file read column-wise, the rows the column rules vouch for kept as they are and
+every other row judged by :func:`streams.dataset.validate_row`, the very validation the
+stream applies), sorted by issue date (stable, so same-day events keep file order, as
+``load_events``), and written as Parquet under ``var/cache/``. Its file name carries the
+sha256 of the invoice file and of the validation code (``streams/events.py``,
+``streams/dataset.py``, ``streams/backtest/bulkvalidate.py``), so a changed data file or
+validator never reads a stale cache.
 
 A replay then reads the columns (a few hundred MB) and builds each
 :class:`~streams.events.InvoiceEvent` just before it is folded, with pydantic's
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,16 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import streams.backtest.bulkvalidate as bulkvalidate_module
 import streams.dataset as dataset_module
 import streams.events as events_module
-from streams.dataset import RejectedRow, iter_events
+from streams.backtest.bulkvalidate import table_of, validated_table
 from streams.events import InvoiceEvent
 
-CACHE_FORMAT = 1
-_STRING_COLUMNS = ("event_id", "enterprise_id", "direction", "invoice_no", "counterparty_id", "amount", "tax",
-                   "total", "status", "produced_at")
-_SCHEMA = pa.schema([*((name, pa.string()) for name in _STRING_COLUMNS), ("issue_date", pa.date32()),
-                     ("enterprise_name", pa.string())])
+CACHE_FORMAT = 2
 
 
 def _sha256_file(path: Path) -> str:
@@ -58,7 +56,7 @@ def cache_key(data_dir: Path) -> str:
     """Hash of the invoice file, the validation code and the cache format (24 hex)."""
     h = hashlib.sha256()
     h.update(_sha256_file(_invoice_file(data_dir)).encode())
-    for module in (events_module, dataset_module):
+    for module in (events_module, dataset_module, bulkvalidate_module):
         h.update(Path(str(module.__file__)).read_bytes())
     h.update(str(CACHE_FORMAT).encode())
     return h.hexdigest()[:24]
@@ -110,46 +108,13 @@ class CachedEvents:
                 )
 
 
-def table_of(events: Iterable[InvoiceEvent]) -> pa.Table:
-    """Events as the cache's columns, in the given order (decimals as strings, as validated)."""
-    columns: dict[str, list[object]] = {name: [] for name in _SCHEMA.names}
-    for item in events:
-        columns["event_id"].append(item.event_id)
-        columns["enterprise_id"].append(item.enterprise_id)
-        columns["direction"].append(item.direction)
-        columns["invoice_no"].append(item.invoice_no)
-        columns["counterparty_id"].append(item.counterparty_id)
-        columns["amount"].append(str(item.amount))
-        columns["tax"].append(str(item.tax))
-        columns["total"].append(str(item.total))
-        columns["status"].append(item.status)
-        columns["produced_at"].append(item.produced_at.isoformat())
-        columns["issue_date"].append(item.issue_date)
-        columns["enterprise_name"].append(item.enterprise_name)
-    return pa.table(columns, schema=_SCHEMA)
-
-
 def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None = None) -> CachedEvents:
-    """Validate every row with :func:`streams.dataset.iter_events`, sort, and write the Parquet file."""
-    rejected = 0
-    n = 0
-
-    def valid() -> Iterator[InvoiceEvent]:
-        nonlocal rejected, n
-        for item in iter_events(data_dir):
-            n += 1
-            if on_row is not None and n % 20_000 == 0:
-                on_row(20_000)
-            if isinstance(item, RejectedRow):
-                rejected += 1
-                continue
-            yield item
-
-    table = table_of(valid())
+    """Validate every row (:func:`~streams.backtest.bulkvalidate.validated_table`), sort, write the Parquet file."""
+    table, source_row, rejected = validated_table(data_dir, _invoice_file(data_dir))
     if on_row is not None:
-        on_row(n % 20_000)
+        on_row(table.num_rows + rejected)
     # stable sort by issue date: same-day events keep file order, exactly like load_events
-    order = pc.sort_indices(pa.table({"d": table["issue_date"], "i": pa.array(range(table.num_rows), pa.int64())}),
+    order = pc.sort_indices(pa.table({"d": table["issue_date"], "i": pa.array(source_row, pa.int64())}),
                             sort_keys=[("d", "ascending"), ("i", "ascending")])
     table = table.take(order).replace_schema_metadata({"rejected": str(rejected), "format": str(CACHE_FORMAT)})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,3 +133,6 @@ def load_cached_events(data_dir: Path, cache_dir: Path,
         meta = table.schema.metadata or {}
         return CachedEvents(table.replace_schema_metadata(None), int(meta.get(b"rejected", b"0")), path)
     return build_cache(data_dir, path, on_row)
+
+
+__all__ = ["CachedEvents", "build_cache", "cache_key", "load_cached_events", "table_of"]
