@@ -36,7 +36,9 @@ import pyarrow as pa
 from models.schema import NUMERIC_FEATURES
 from models.scoring import Score, Scorer, ScoringBatch
 from streams.backtest.engine import Snapshot, batch_of, end_of_day
-from streams.backtest.foldsql import COUNTERPARTY_SQL, COUNTS_SQL, MONTHLY_METRICS, MONTHLY_SQL, NAMES_SQL, rows_sql
+from streams.backtest.foldsql import MONTHLY_METRICS
+from streams.backtest.foldsql import FoldTables as FoldTables  # re-exported: the fold lives beside its SQL
+from streams.backtest.foldsql import fold_duckdb as fold_duckdb
 from streams.events import EnterpriseScore
 from streams.features.names import classify_name
 from streams.features.vector import (
@@ -64,56 +66,6 @@ ScoreTransform = Callable[[list[EnterpriseScore], dt.date], list[EnterpriseScore
 def bins_of(days: Sequence[dt.date], dates: Sequence[dt.date]) -> list[int]:
     """The as-of bin of each day: the index of the first as-of date on or after it (the SQL's ``bin_case``)."""
     return [bisect.bisect_left(dates, d) for d in days]
-
-
-@dataclass(frozen=True, slots=True)
-class FoldTables:
-    """The fold of a whole history as integer sums, ready for the as-of walk.
-
-    ``monthly`` columns: enterprise_id, bin, month, direction, then :data:`MONTHLY_METRICS`.
-    ``counterparties`` columns: enterprise_id, direction, bin, new_cp, max_cpa.
-    ``names``: enterprise_id, enterprise_name, bin. ``dates``: the sorted as-of dates (bin k
-    holds the invoices dated after ``dates[k-1]`` and up to ``dates[k]``; bin ``len(dates)``
-    those after the last date).
-    """
-
-    dates: tuple[dt.date, ...]
-    monthly: pa.Table
-    counterparties: pa.Table
-    names: pa.Table
-    n_rows: int
-    n_rejected: int
-    n_duplicates: int
-
-    @property
-    def n_events(self) -> int:
-        """Folded events (valid, first copy of each event id)."""
-        return self.n_rows - self.n_rejected - self.n_duplicates
-
-
-def fold_duckdb(invoices: pa.Table, dates: Sequence[dt.date], *, threads: int | None = None) -> FoldTables:
-    """Run the SQL fold over an Arrow table of invoices (the event cache's columns) with DuckDB."""
-    import duckdb
-
-    dates = tuple(sorted(set(dates)))
-    con = duckdb.connect(":memory:")
-    try:
-        if threads is not None:
-            con.execute(f"SET threads = {int(threads)}")
-        table = invoices
-        if "seq" not in table.column_names:
-            table = table.append_column("seq", pa.array(np.arange(table.num_rows, dtype=np.int64)))
-        if "enterprise_name" not in table.column_names:
-            table = table.append_column("enterprise_name", pa.nulls(table.num_rows, pa.string()))
-        con.register("invoices", table)
-        con.execute(f"CREATE TEMP TABLE fold_rows AS {rows_sql(dates)}")
-        monthly = pa.table(con.sql(MONTHLY_SQL))
-        cps = pa.table(con.sql(COUNTERPARTY_SQL))
-        names = pa.table(con.sql(NAMES_SQL))
-        n_rows, n_rejected, n_dup = con.execute(COUNTS_SQL).fetchone()  # type: ignore[misc]
-    finally:
-        con.close()
-    return FoldTables(dates, monthly, cps, names, int(n_rows or 0), int(n_rejected or 0), int(n_dup or 0))
 
 
 # --------------------------------------------------------------------------- the as-of walk

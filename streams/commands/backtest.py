@@ -16,6 +16,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,57 @@ def load_sorted_events(data_dir: Path, wanted: Collection[str] | None, advance: 
 
 
 def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    if args.budget <= 0:
+        raise UserError(f"--budget must be a positive number of yuan, got {args.budget}")
+    if not (args.data / "enterprises.csv").exists():
+        raise UserError(f"{args.data} is not a data set folder (no enterprises.csv)")
+    from streams.adapters.memory import InMemoryRegistry
+    from streams.dataset import load_enterprises
+
+    enterprises = load_enterprises(args.data)
+    full_registry = InMemoryRegistry.from_data_dir(args.data)
+    wanted = parse_enterprises(args.enterprises)
+    if args.universe == "labeled":
+        labeled = set(enterprises.loc[enterprises["labeled"] == 1, "enterprise_id"])
+        wanted = labeled if wanted is None else wanted & labeled
+    if wanted is not None:
+        unknown = sorted(wanted - full_registry.enterprise_ids())
+        if unknown:
+            raise UserError(f"unknown enterprises: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    with _progress(not args.no_progress) as progress:
+        # the columnar engine's reading, validating and folding are Arrow and DuckDB work that mostly runs
+        # outside the GIL: it goes on a second thread while this one imports torch and loads the bundle
+        loading = _Background(lambda: _load_columnar(args, wanted, progress)) if args.engine == "columnar" else None
+        return _run(args, t_start, progress, enterprises, full_registry, wanted, loading)
+
+
+class _Background:
+    """A function run on a daemon thread (an early error exit does not wait for it); ``result`` re-raises."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        import threading
+
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._call, args=(fn,), name="backtest-load", daemon=True)
+        self._thread.start()
+
+    def _call(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # handed to the caller of result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: Any, full_registry: Any,
+         wanted: set[str] | None, loading: _Background | None) -> int:
     from allocator import AllocatorError, ChurnCurves
     from models.errors import ModelError
     from streams.adapters.memory import InMemoryRegistry
@@ -123,17 +175,11 @@ def run(args: argparse.Namespace) -> int:
     from streams.backtest.report import write_report
     from streams.backtest.run import BacktestConfig
     from streams.backtest.scenarios import load_scenario
-    from streams.dataset import load_enterprises
     from streams.features.names import classify_name
 
     import torch
 
     torch.set_num_threads(1)  # tiny nets: one thread is ~5x faster than two (no sync overhead), as in riskmon score
-    t_start = time.perf_counter()
-    if args.budget <= 0:
-        raise UserError(f"--budget must be a positive number of yuan, got {args.budget}")
-    if not (args.data / "enterprises.csv").exists():
-        raise UserError(f"{args.data} is not a data set folder (no enterprises.csv)")
     scenario = None
     if args.scenario is not None:
         try:
@@ -150,31 +196,22 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot read {args.data / 'churn.csv'}: {exc}") from None
     allocate = make_allocate(churn, lgd=args.lgd)
 
-    enterprises = load_enterprises(args.data)
-    full_registry = InMemoryRegistry.from_data_dir(args.data)
-    wanted = parse_enterprises(args.enterprises)
-    if args.universe == "labeled":
-        labeled = set(enterprises.loc[enterprises["labeled"] == 1, "enterprise_id"])
-        wanted = labeled if wanted is None else wanted & labeled
     if wanted is not None:
-        unknown = sorted(wanted - full_registry.enterprise_ids())
-        if unknown:
-            raise UserError(f"unknown enterprises: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
         registry = InMemoryRegistry(i for e in sorted(wanted) if (i := full_registry.get(e)) is not None)
     else:
         registry = full_registry
     outcomes = {e: o for e, o in outcomes_from_enterprises(enterprises).items() if wanted is None or e in wanted}
-    industry_of = {e: classify_name(full_registry.get(e).name)[0] for e in full_registry.enterprise_ids()}  # type: ignore[union-attr]
+    industry_of = {e: classify_name(full_registry.get(e).name)[0] for e in full_registry.enterprise_ids()}
 
     config = BacktestConfig(budget_yuan=args.budget, solver=args.solver, seed=args.seed, lgd=args.lgd,
                             flat_rate=args.flat_rate, flag_threshold=args.flag_threshold)
-    with _progress(not args.no_progress) as progress:
-        if args.engine == "events":
-            result, n_events, rejected, source = _run_events(args, wanted, progress, registry, scorer, allocate,
-                                                             outcomes, churn, config, scenario, industry_of)
-        else:
-            result, n_events, rejected, source = _run_columnar(args, wanted, progress, registry, scorer, allocate,
-                                                               outcomes, churn, config, scenario, industry_of)
+    if args.engine == "events":
+        result, n_events, rejected, source = _run_events(args, wanted, progress, registry, scorer, allocate,
+                                                         outcomes, churn, config, scenario, industry_of)
+    else:
+        loaded = loading.result() if loading is not None else _load_columnar(args, wanted, progress)
+        result, n_events, rejected, source = _run_columnar(args, wanted, progress, registry, scorer, allocate,
+                                                           outcomes, churn, config, scenario, industry_of, loaded)
     extra = {
         "data": str(args.data), "bundle": str(args.bundle), "bundle_version": scorer.version,
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
@@ -247,18 +284,26 @@ def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progre
     return result, n_events, rejected, "validated on the fly" if args.no_cache else "validated Parquet cache"
 
 
-def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any, registry: Any,
-                  scorer: Any, allocate: Any, outcomes: Any, churn: Any, config: Any, scenario: Any, industry_of: Any
-                  ) -> tuple[Any, int, int, str]:
-    """One fold into per-bin sums (DuckDB or Spark), states by cumulative sums, scores in large batches."""
+@dataclass(slots=True)
+class _Loaded:
+    """The columnar engines' input: the invoice table (or Parquet path), its as-of dates and, for DuckDB, the fold."""
+
+    table: Any
+    parquet: str | None
+    source: str
+    rejected_before: int
+    dates: tuple[Any, ...]
+    session: Any = None  # Spark
+    base: Any = None  # FoldTables of the unshocked invoices (DuckDB)
+    load_s: float = 0.0
+    fold_s: float = 0.0
+
+
+def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any) -> _Loaded:
+    """Read (building the event cache on a first run), find the as-of dates, and fold with DuckDB."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-
-    from allocator import AllocatorError
-    from streams.backtest.columnar import FoldTables, fold_duckdb, score_columnar
-    from streams.backtest.run import run_backtest
-    from streams.backtest.scenarios import shock_table
 
     task = progress.add_task("reading invoices", total=None)
     t0 = time.perf_counter()
@@ -310,11 +355,43 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
         span = pc.min_max(table["issue_date"]) if table.num_rows else None
         first, last = (span["min"].as_py(), span["max"].as_py()) if span is not None else (None, None)
         n_rows = table.num_rows
-    load_s = time.perf_counter() - t0
-    dates = _dates(args, first, last, n_rows)
-    fold_task = progress.add_task(f"folding {n_rows:,} invoices ({args.engine})", total=None)
+    progress.update(task, total=1, completed=1)
+    loaded = _Loaded(table, parquet, source, rejected_before, _dates(args, first, last, n_rows), session,
+                     load_s=time.perf_counter() - t0)
+    if args.engine == "columnar":
+        fold_task = progress.add_task(f"folding {n_rows:,} invoices (DuckDB)", total=None)
+        t1 = time.perf_counter()
+        loaded.base = _fold_duckdb(table, loaded.dates)
+        loaded.fold_s = time.perf_counter() - t1
+        progress.update(fold_task, total=1, completed=1)
+    return loaded
+
+
+def _fold_duckdb(table: Any, dates: Any) -> Any:
+    """``fold_duckdb`` with its errors (a missing column, a bad type) as one line."""
+    import pyarrow as pa
+
+    from streams.backtest.foldsql import fold_duckdb
+
+    try:
+        return fold_duckdb(table, dates)
+    except Exception as exc:  # duckdb's own errors: one line
+        if type(exc).__module__.split(".")[0] != "duckdb" and not isinstance(exc, pa.ArrowException):
+            raise
+        raise UserError(f"cannot fold the invoices: {str(exc).splitlines()[0]}") from None
+
+
+def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any, registry: Any,
+                  scorer: Any, allocate: Any, outcomes: Any, churn: Any, config: Any, scenario: Any, industry_of: Any,
+                  loaded: _Loaded) -> tuple[Any, int, int, str]:
+    """One fold into per-bin sums (DuckDB or Spark), states by cumulative sums, scores in large batches."""
+    from allocator import AllocatorError
+    from streams.backtest.columnar import FoldTables, score_columnar
+    from streams.backtest.run import run_backtest
+    from streams.backtest.scenarios import shock_table
+
+    dates, session = loaded.dates, loaded.session
     t1 = time.perf_counter()
-    shocked_needed = scenario is not None and scenario.changes_events
 
     def fold(shocked: bool) -> FoldTables:
         if args.engine == "spark":
@@ -323,27 +400,28 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
             if shocked:
                 raise UserError("--engine spark does not apply scenarios that scale sales; use --engine columnar")
             try:
-                return fold_spark(session, parquet or "", dates, enterprise_ids=wanted)
+                return fold_spark(session, loaded.parquet or "", dates, enterprise_ids=wanted)
             except SparkFoldError as exc:
                 raise UserError(str(exc)) from None
-        src = table
+        if not shocked and loaded.base is not None:
+            return loaded.base  # type: ignore[no-any-return]
+        src = loaded.table
         if shocked:
             try:
-                src = shock_table(table, scenario, industry_of)
+                src = shock_table(loaded.table, scenario, industry_of)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-        try:
-            return fold_duckdb(src, dates)
-        except Exception as exc:  # duckdb's own errors (a missing column, a bad type): one line
-            if type(exc).__module__.split(".")[0] != "duckdb" and not isinstance(exc, pa.ArrowException):
-                raise
-            raise UserError(f"cannot fold the invoices: {str(exc).splitlines()[0]}") from None
+        return _fold_duckdb(src, dates)  # type: ignore[no-any-return]
 
-    folds = {False: fold(False)}
-    if shocked_needed:
-        folds[True] = fold(True)
-    progress.update(fold_task, total=1, completed=1)
-    fold_s = time.perf_counter() - t1
+    try:
+        folds = {False: fold(False)}
+        if scenario is not None and scenario.changes_events:
+            folds[True] = fold(True)
+    except BaseException:
+        if session is not None:
+            session.stop()
+        raise
+    fold_s = loaded.fold_s + time.perf_counter() - t1
     score_task = progress.add_task("scoring enterprise-dates", total=None)
 
     def replayer(*, shocked: bool, score_transform: Any, blind_ids: Any, reasons: bool) -> Any:
@@ -363,9 +441,9 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
         if session is not None:
             session.stop()
     base = folds[False]
-    result.timings_s["load_s"] = load_s
+    result.timings_s["load_s"] = loaded.load_s
     result.timings_s["fold_s"] = fold_s
-    return result, base.n_events, rejected_before + base.n_rejected, source
+    return result, base.n_events, loaded.rejected_before + base.n_rejected, loaded.source
 
 
 def make_allocate(churn: Any, *, lgd: float = 1.0) -> Any:
