@@ -322,7 +322,9 @@ def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, pro
         from streams.backtest.eventcache import load_cached_events
 
         try:
-            cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
+            # Spark reads the file; DuckDB folds the table in memory while the file is written
+            cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n),
+                                        write_behind=args.engine == "columnar")
         except OSError as exc:
             raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
         rejected_before = cached.rejected

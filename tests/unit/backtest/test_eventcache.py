@@ -55,3 +55,16 @@ def test_a_changed_invoice_file_gets_a_new_cache(tmp_path: Path) -> None:
         csv.writer(f).writerow(["E3", "in", "6", "2019-01-01", "A2", "1.00", "0.13", "1.13", "valid"])
     assert cache_key(data) != key
     assert len(load_cached_events(data, tmp_path / "cache")) == 7
+
+
+def test_a_cache_written_behind_is_the_same_file_once_written(tmp_path: Path) -> None:
+    import threading
+
+    data = _data(tmp_path)
+    built = load_cached_events(data, tmp_path / "cache", write_behind=True)
+    for thread in threading.enumerate():
+        if thread.name == "event-cache-write":
+            thread.join()
+    assert built.path.exists() and not list((tmp_path / "cache").glob("*.tmp"))
+    again = load_cached_events(data, tmp_path / "cache")
+    assert again.table.equals(built.table) and again.rejected == built.rejected == 1

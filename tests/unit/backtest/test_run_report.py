@@ -129,3 +129,12 @@ def test_the_report_is_one_self_contained_file_with_every_plot_and_its_tables(tm
     for name in ("summary.csv", "lines.csv", "roc.csv", "psi.csv", "drift_alarms.csv", "early_flags.csv",
                  "scenario_diff.csv"):
         assert paths[name].stat().st_size > 0, name
+
+
+def test_figures_drawn_in_two_processes_are_the_figures_drawn_in_one() -> None:
+    from streams.backtest.report import render_figures
+
+    result = _run(Scenario("slump", (Shock(("*",), dt.date(2019, 1, 1), sales_multiplier=0.5),)))
+    parallel, serial = render_figures(result, parallel=True), render_figures(result, parallel=False)
+    assert set(parallel) == {*FIGURES, SCENARIO_FIGURE}
+    assert parallel == serial
