@@ -136,34 +136,76 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"unknown enterprises: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     with _progress(not args.no_progress) as progress:
-        # the columnar engine's reading, validating and folding are Arrow and DuckDB work that mostly runs
-        # outside the GIL: it goes on a second thread while this one imports torch and loads the bundle
-        loading = _Background(lambda: _load_columnar(args, wanted, progress)) if args.engine == "columnar" else None
-        return _run(args, t_start, progress, enterprises, full_registry, wanted, loading)
+        # the columnar engine reads, validates and folds in a child process while this one imports torch
+        # and matplotlib and loads the bundle
+        loading = _Background(args, wanted, progress) if args.engine == "columnar" else None
+        try:
+            return _run(args, t_start, progress, enterprises, full_registry, wanted, loading)
+        finally:
+            if loading is not None:
+                loading.join()
 
 
 class _Background:
-    """A function run on a daemon thread (an early error exit does not wait for it); ``result`` re-raises."""
+    """The columnar engine's reading, validating and folding, in a forked child process.
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        import threading
+    That work is Arrow and DuckDB code on its own data; in a thread it was starved by the main
+    thread's imports (the GIL), in a process it runs beside them on the second core. The child
+    sends back the fold tables (kilobytes to megabytes), not the invoices, then finishes writing
+    the event cache file; :meth:`join` waits for that.
+    """
 
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._call, args=(fn,), name="backtest-load", daemon=True)
-        self._thread.start()
+    def __init__(self, args: argparse.Namespace, wanted: Collection[str] | None, progress: Any) -> None:
+        import multiprocessing
 
-    def _call(self, fn: Callable[[], Any]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_load_in_child, args=(args, wanted, send), name="backtest-load")
+        self._process.start()
+        send.close()
+        self._progress = progress
+        self._task = progress.add_task("reading, validating and folding the invoices", total=None)
+
+    def result(self) -> _Loaded:
         try:
-            self._result = fn()
-        except BaseException as exc:  # handed to the caller of result()
-            self._error = exc
+            ok, value = self._receive.recv()
+        except EOFError:
+            self._process.join()
+            raise UserError(f"the process reading the invoices died (exit {self._process.exitcode})") from None
+        self._progress.update(self._task, total=1, completed=1)
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
+    def join(self) -> None:
+        self._process.join()
+
+
+def _load_in_child(args: argparse.Namespace, wanted: Collection[str] | None, send: Any) -> None:
+    import threading
+
+    try:
+        loaded = _load_columnar(args, wanted, _NoProgress())
+        loaded.table = None  # the parent reads the cache file only if a scenario needs the invoices
+        send.send((True, loaded))
+    except BaseException as exc:  # handed to the parent, which raises it
+        send.send((False, exc))
+    finally:
+        send.close()
+        for thread in threading.enumerate():  # the event cache written behind
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
+
+
+class _NoProgress:
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: Any, full_registry: Any,
@@ -211,7 +253,8 @@ def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: A
     else:
         loaded = loading.result() if loading is not None else _load_columnar(args, wanted, progress)
         result, n_events, rejected, source = _run_columnar(args, wanted, progress, registry, scorer, allocate,
-                                                           outcomes, churn, config, scenario, industry_of, loaded)
+                                                           outcomes, churn, config, scenario, industry_of, loaded,
+                                                           loading.join if loading is not None else None)
     extra = {
         "data": str(args.data), "bundle": str(args.bundle), "bundle_version": scorer.version,
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
@@ -385,7 +428,7 @@ def _fold_duckdb(table: Any, dates: Any) -> Any:
 
 def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any, registry: Any,
                   scorer: Any, allocate: Any, outcomes: Any, churn: Any, config: Any, scenario: Any, industry_of: Any,
-                  loaded: _Loaded) -> tuple[Any, int, int, str]:
+                  loaded: _Loaded, loading_join: Callable[[], None] | None = None) -> tuple[Any, int, int, str]:
     """One fold into per-bin sums (DuckDB or Spark), states by cumulative sums, scores in large batches."""
     from allocator import AllocatorError
     from streams.backtest.columnar import FoldTables, score_columnar
@@ -408,9 +451,20 @@ def _run_columnar(args: argparse.Namespace, wanted: Collection[str] | None, prog
         if not shocked and loaded.base is not None:
             return loaded.base  # type: ignore[no-any-return]
         src = loaded.table
+        if src is None:  # folded in the child process: the invoices are in the event cache file
+            import pyarrow.parquet as pq
+
+            if loading_join is not None:
+                loading_join()
+            src = pq.read_table(loaded.parquet or "")
+            if wanted is not None:
+                import pyarrow as pa
+                import pyarrow.compute as pc
+
+                src = src.filter(pc.is_in(src["enterprise_id"], value_set=pa.array(sorted(wanted), pa.string())))
         if shocked:
             try:
-                src = shock_table(loaded.table, scenario, industry_of)
+                src = shock_table(src, scenario, industry_of)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
         return _fold_duckdb(src, dates)  # type: ignore[no-any-return]
