@@ -10,7 +10,8 @@ name them). In one run:
    sampled from ``/proc``; the producer's CPU is this process's.
 2. **Backtest, quarterly, first run**: ``riskmon backtest --as-of quarterly`` over all enterprises in
    a child process, with an *empty* event-cache folder, so the validation of every row and the
-   Parquet cache are inside the timing (no hidden warm-up). Wall, CPU and peak RSS of the child.
+   Parquet cache are inside the timing (no hidden warm-up). Wall, CPU (the child and its own children:
+   the process that reads and folds, the one that draws half the figures) and peak RSS of the child.
 3. **Backtest, monthly** (cache now warm, said so in the output), and optionally the old
    event-by-event engine (``--engine events``, quarterly, warm cache) for comparison.
 
@@ -96,6 +97,7 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str, unsigned: bool = 
     sampler = _Sampler(worker)
     try:
         worker.wait_ready(180)
+        load_before = os.getloadavg()
         sampler.start()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -120,7 +122,8 @@ def kafka_replay(bundle: Path, bootstrap: str, redis_url: str, unsigned: bool = 
         clear_prefix(client, dep.redis_prefix)
         asyncio.run(benchlib.delete_topic(bootstrap, topic))
         asyncio.run(delete_run_topics(bootstrap, f"bench-bt-{run_id}"))
-    return {"wall_s": round(wall, 2), "read_s": round(t_read - t0, 2), "produce_s": round(produce_s, 2),
+    return {"wall_s": round(wall, 2), "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "read_s": round(t_read - t0, 2), "produce_s": round(produce_s, 2),
             "messages_processed": len(kv), "worker_cpu_s": round(sampler.cpu_s, 2),
             "producer_cpu_s": round(producer_cpu, 2), "cpu_s": round(sampler.cpu_s + producer_cpu, 2),
             "worker_peak_rss_mb": round(sampler.peak_mb, 1),
@@ -133,6 +136,7 @@ def backtest(bundle: Path, out: Path, as_of: str, cache_dir: Path, engine: str =
     cmd = [sys.executable, "-m", "streams.cli", "backtest", "--bundle", str(bundle), "--as-of", as_of,
            "--budget", "100000000", "--out", str(out), "--cache-dir", str(cache_dir), "--engine", engine,
            "--no-progress", *(["--accept-unsigned-bundle"] if unsigned else [])]
+    load_before = os.getloadavg()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -145,8 +149,10 @@ def backtest(bundle: Path, out: Path, as_of: str, cache_dir: Path, engine: str =
     return {
         "command": "riskmon " + " ".join(cmd[3:]),
         "wall_s": round(wall, 2),
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
         "peak_rss_mb": round(summary.get("peak_rss_mb", 0.0), 1),
+        "peak_rss_children_mb": round(summary.get("peak_rss_children_mb", 0.0), 1),
         "timings_s": {k: round(v, 2) for k, v in summary.get("timings_s", {}).items()},
         "n_events": summary.get("n_events"),
         "as_of_dates": len(summary.get("as_of_dates", [])),

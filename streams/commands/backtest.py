@@ -255,6 +255,8 @@ def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: A
         result, n_events, rejected, source = _run_columnar(args, wanted, progress, registry, scorer, allocate,
                                                            outcomes, churn, config, scenario, industry_of, loaded,
                                                            loading.join if loading is not None else None)
+    if loading is not None:
+        loading.join()  # the event cache file is written: the child's CPU and memory are counted below
     extra = {
         "data": str(args.data), "bundle": str(args.bundle), "bundle_version": scorer.version,
         "universe": args.universe, "n_enterprises": len(registry.enterprise_ids()),
@@ -270,6 +272,8 @@ def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: A
     summary = json.loads(paths["summary.json"].read_text(encoding="utf-8"))
     summary["timings_s"] = {**result.timings_s, "total_s": total_s}
     summary["peak_rss_mb"] = peak_rss_mb
+    # the largest child: the process that read and folded the invoices, or the one that drew figures
+    summary["peak_rss_children_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     paths["summary.json"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(result, args.out, total_s, peak_rss_mb)
     return 0
