@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -111,12 +110,12 @@ class CachedEvents:
 
 
 def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None = None, *,
-                write_behind: bool = False) -> CachedEvents:
+                defer_write: list[Callable[[], None]] | None = None) -> CachedEvents:
     """Validate every row (:func:`~streams.backtest.bulkvalidate.validated_table`), sort, write the Parquet file.
 
-    ``write_behind``: write the file on a (non-daemon) thread and return at once; the process
-    still waits for it before exiting, and a reader never sees half a file (written under a
-    temporary name, then renamed).
+    ``defer_write``: append the writing of the file to this list instead of writing it (the caller
+    runs it when the table is no longer in a hurry); a reader never sees half a file (written under
+    a temporary name, then renamed).
     """
     table, source_row, rejected = validated_table(data_dir, _invoice_file(data_dir))
     if on_row is not None:
@@ -126,8 +125,8 @@ def build_cache(data_dir: Path, path: Path, on_row: Callable[[int], None] | None
                             sort_keys=[("d", "ascending"), ("i", "ascending")])
     table = table.take(order).replace_schema_metadata({"rejected": str(rejected), "format": str(CACHE_FORMAT)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    if write_behind:
-        threading.Thread(target=_write, args=(table, path), name="event-cache-write", daemon=False).start()
+    if defer_write is not None:
+        defer_write.append(lambda: _write(table, path))
     else:
         _write(table, path)
     return CachedEvents(table, rejected, path)
@@ -140,14 +139,14 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 def load_cached_events(data_dir: Path, cache_dir: Path, on_row: Callable[[int], None] | None = None, *,
-                       write_behind: bool = False) -> CachedEvents:
+                       defer_write: list[Callable[[], None]] | None = None) -> CachedEvents:
     """The cached events of ``data_dir``, building the cache first if it is missing (see :func:`build_cache`)."""
     path = cache_dir / f"events-{cache_key(data_dir)}.parquet"
     if path.exists():
         table = pq.read_table(path)
         meta = table.schema.metadata or {}
         return CachedEvents(table.replace_schema_metadata(None), int(meta.get(b"rejected", b"0")), path)
-    return build_cache(data_dir, path, on_row, write_behind=write_behind)
+    return build_cache(data_dir, path, on_row, defer_write=defer_write)
 
 
 __all__ = ["CachedEvents", "build_cache", "cache_key", "load_cached_events", "table_of"]

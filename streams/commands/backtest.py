@@ -182,19 +182,18 @@ class _Background:
 
 
 def _load_in_child(args: argparse.Namespace, wanted: Collection[str] | None, send: Any) -> None:
-    import threading
-
+    writes: list[Callable[[], None]] = []
     try:
-        loaded = _load_columnar(args, wanted, _NoProgress())
+        loaded = _load_columnar(args, wanted, _NoProgress(), writes if args.engine == "columnar" else None)
         loaded.table = None  # the parent reads the cache file only if a scenario needs the invoices
         send.send((True, loaded))
     except BaseException as exc:  # handed to the parent, which raises it
         send.send((False, exc))
+        return
     finally:
         send.close()
-        for thread in threading.enumerate():  # the event cache written behind
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
+    for write in writes:  # the event cache file, off the parent's path
+        write()
 
 
 class _NoProgress:
@@ -346,8 +345,13 @@ class _Loaded:
     fold_s: float = 0.0
 
 
-def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any) -> _Loaded:
-    """Read (building the event cache on a first run), find the as-of dates, and fold with DuckDB."""
+def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, progress: Any,
+                   deferred_writes: list[Callable[[], None]] | None = None) -> _Loaded:
+    """Read (building the event cache on a first run), find the as-of dates, and fold with DuckDB.
+
+    ``deferred_writes`` (DuckDB only): a first run's event cache file is not written but its
+    writing appended here, for the caller to run once the fold is sent.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -369,9 +373,9 @@ def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, pro
         from streams.backtest.eventcache import load_cached_events
 
         try:
-            # Spark reads the file; DuckDB folds the table in memory while the file is written
+            # Spark reads the file; DuckDB folds the table in memory, and the file is written after
             cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n),
-                                        write_behind=args.engine == "columnar")
+                                        defer_write=deferred_writes)
         except OSError as exc:
             raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
         rejected_before = cached.rejected

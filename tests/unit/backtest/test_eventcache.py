@@ -57,14 +57,12 @@ def test_a_changed_invoice_file_gets_a_new_cache(tmp_path: Path) -> None:
     assert len(load_cached_events(data, tmp_path / "cache")) == 7
 
 
-def test_a_cache_written_behind_is_the_same_file_once_written(tmp_path: Path) -> None:
-    import threading
-
+def test_a_deferred_cache_write_gives_the_same_file(tmp_path: Path) -> None:
     data = _data(tmp_path)
-    built = load_cached_events(data, tmp_path / "cache", write_behind=True)
-    for thread in threading.enumerate():
-        if thread.name == "event-cache-write":
-            thread.join()
+    writes: list = []
+    built = load_cached_events(data, tmp_path / "cache", defer_write=writes)
+    assert not built.path.exists() and len(writes) == 1
+    writes[0]()
     assert built.path.exists() and not list((tmp_path / "cache").glob("*.tmp"))
     again = load_cached_events(data, tmp_path / "cache")
     assert again.table.equals(built.table) and again.rejected == built.rejected == 1
