@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis  # noqa: E402
 
 from streams.adapters.cached import CachedFeatureStore  # noqa: E402
-from streams.adapters.redis_store import RedisFeatureStore, clear_prefix  # noqa: E402
+from streams.adapters.redis_store import KEY_VERSION, RedisFeatureStore, clear_prefix  # noqa: E402
 from streams.ports import DeltaItem  # noqa: E402
 
 START_MONTH = 2016 * 12 + 9  # 2016-10, as the real data
@@ -131,11 +131,11 @@ def bytes_by_kind(client: redis.Redis, prefix: str, enterprises: list[str], wind
         chunk = enterprises[start : start + 500]
         pipe = client.pipeline(transaction=False)
         for eid in chunk:
-            pipe.hget(f"{prefix}:v2:{{{eid}}}:meta", "newest")
+            pipe.hget(f"{prefix}:{KEY_VERSION}:{{{eid}}}:meta", "newest")
         newest = [int(v or 0) for v in pipe.execute()]
         keys: list[str] = []
         for eid, top in zip(chunk, newest, strict=True):
-            base = f"{prefix}:v2:{{{eid}}}:"
+            base = f"{prefix}:{KEY_VERSION}:{{{eid}}}:"
             keys += [base + "counters", base + "cp", base + "meta"]
             keys += [f"{base}dd:{m // 12:04d}{m % 12 + 1:02d}" for m in range(top - window + 1, top + 1)]
         pipe = client.pipeline(transaction=False)

@@ -4,7 +4,7 @@
 Fills a fresh topic with the first ``--limit`` real invoices (event-time order), starts one worker on
 it under ``py-spy record`` (all threads, idle frames dropped), waits until the worker has processed
 every message, and prints the share of samples spent inside each stage of the hot path (a sample
-counts for every stage on its stack, so stages nest: ``fold_batch`` contains ``ingest``, ...).
+counts for every stage on its stack, so stages nest: ``fold_records`` contains ``decode_batch``, ...).
 Also reads the topic with a plain aiokafka consumer first (no decode; the same run's outside baseline).
 Writes the collapsed stacks (flame-graph input) and a JSON summary under ``artifacts/``.
 
@@ -39,10 +39,13 @@ from tests.e2e.harness import Deployment, WorkerProcess, wait_for  # noqa: E402
 # (label, frame function name as py-spy prints it) — the stages of one batch, outermost first
 STAGES = (
     ("one polled batch on the loop (WorkerCore.fold)", "fold"),
-    ("fold_batch (thread): ingest + fold", "fold_batch"),
+    ("fold_records (thread): decode + fold", "fold_records"),
     ("rescoring window (WorkerCore.flush)", "flush"),
-    ("ingest: decode + validate", "ingest"),
-    ("apply_events: fold + Redis write", "apply_events"),
+    ("decode_batch: Arrow JSON + vectorised rules", "decode_batch"),
+    ("ingest: the general path (pydantic), messages the vectorised rules left", "ingest"),
+    ("apply_columns: fold + Redis write", "apply_columns"),
+    ("fold_columns: per-enterprise sums", "fold_columns"),
+    ("allocator step (WorkerCore.allocate)", "allocate"),
     ("rescore: features + model", "rescore"),
     ("build_batch: feature vectors", "build_batch"),
     ("score_many: torch + segments", "score_many"),

@@ -36,19 +36,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
+from streams.columns import RecordBatch
 from streams.adapters.kafka import KafkaPublisher, ProducerHandle, client_kwargs, make_producer
-from streams.codecs import decode_key
 from streams.drift import ScoreDriftWatch
 from streams.errors import PublishFailed, StoreRestarted, StreamError
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
-from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint, Source,
-                              decide_allocation, fold_batch, merge_outcomes, poison_letter, rescore)
+from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint,
+                              decide_allocation, fold_records, merge_outcomes, poison_letter, record_source, rescore)
 from streams.policy import IngestPolicy
 from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
                            ScoreStore)
@@ -275,7 +276,7 @@ class WorkerCore:
         """
         folded = await self.fold(records)
         scored = await self.flush()
-        return BatchOutcome(folded.events, folded.dead_letters, folded.applied, scored)
+        return BatchOutcome(folded.valid, folded.dead_letters, folded.applied, scored, folded.messages)
 
     def drop_window(self) -> None:
         """Forget the folded batches not yet rescored: the store lost them and they will be read again."""
@@ -303,9 +304,10 @@ class WorkerCore:
         """
         m = self.ctx.metrics
         t0 = time.perf_counter()
-        messages = [(r.value or b"", Source(r.topic, r.partition, r.offset, decode_key(r.key), r.timestamp))
-                    for r in records]
-        outcome = await self._process(messages)
+        batch = RecordBatch(records[0].topic if records else "", [r.value for r in records],
+                            [r.key for r in records], [r.partition for r in records], [r.offset for r in records],
+                            [r.timestamp or 0 for r in records])
+        outcome = await self._process(batch)
         await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
                             refused=_without_payload)
         m.batches.inc()
@@ -318,7 +320,7 @@ class WorkerCore:
                         d.source_partition, d.source_offset, d.reason, d.error)
         if outcome.applied.watermark is not None:
             m.watermark.set((outcome.applied.watermark - dt.date(1970, 1, 1)).days)
-        self._window.add(outcome, len(messages), [r.timestamp for r in records if r.timestamp and r.timestamp > 0])
+        self._window.add(outcome, len(batch), [ts for ts in batch.timestamps_ms if ts and ts > 0])
         m.batch_latency.observe(time.perf_counter() - t0)
         self.batches += 1
         return outcome
@@ -353,34 +355,35 @@ class WorkerCore:
             log.warning("drift alarm on %s at event time %s after %d scores (value %.3f)", alarm.key, alarm.t,
                         alarm.n_seen, alarm.value)
         if scores:
-            m.freshness(max(0.0, (published_ms - ts) / 1000) for ts in window.timestamps_ms)
+            m.freshness(np.maximum(0.0, (published_ms - np.asarray(window.timestamps_ms, dtype=np.float64)) / 1000))
         m.scoring_latency.observe(t1 - t0)
         self.processed += window.messages
         self.last_batch_at = time.time()
         return scores
 
-    async def _process(self, messages: list[tuple[bytes, Source]]) -> BatchOutcome:
+    async def _process(self, batch: RecordBatch) -> BatchOutcome:
         """Fold with retries; a batch that fails for another reason is split until the culprit is found."""
         ctx = self.ctx
+        n = len(batch)
         try:
-            first, last = messages[0][1], messages[-1][1]
             return await self._retrying(
-                partial(fold_batch, messages, ctx.features, ctx.registry, now=ctx.clock(), policy=self.policy),
-                f"batch failed topic={first.topic} partition={first.partition} offset={first.offset}..{last.offset}")
+                partial(fold_records, batch, ctx.features, ctx.registry, now=ctx.clock(), policy=self.policy),
+                f"batch failed topic={batch.topic} partition={batch.partitions[0]} "
+                f"offset={batch.offsets[0]}..{batch.offsets[-1]}")
         except (Stopped, StoreRestarted):  # not a message's fault: the shell rewinds (StoreRestarted)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one message must not stop the stream
-            first, last = messages[0][1], messages[-1][1]
-            if len(messages) == 1:
-                log.error("poison message topic=%s partition=%s offset=%s: %r; dead-lettered", first.topic,
-                          first.partition, first.offset, exc)
-                raw, source = messages[0]
-                dead = poison_letter(raw, source, self.ctx.clock(), exc)
-                return BatchOutcome([], [dead], ApplyResult(frozenset(), frozenset(), 0, 0, None), [])
+            if n == 1:
+                source = record_source(batch, 0)
+                log.error("poison message topic=%s partition=%s offset=%s: %r; dead-lettered", source.topic,
+                          source.partition, source.offset, exc)
+                raw = batch.values[0]
+                dead = poison_letter(raw if raw is not None else b"", source, self.ctx.clock(), exc)
+                return BatchOutcome(0, [dead], ApplyResult(frozenset(), frozenset(), 0, 0, None), [], 1)
             log.warning("batch of %d failed (%r) topic=%s offsets %s..%s; splitting it to find the message",
-                        len(messages), exc, first.topic, first.offset, last.offset)
-            mid = len(messages) // 2
-            return merge_outcomes(await self._process(messages[:mid]), await self._process(messages[mid:]))
+                        n, exc, batch.topic, batch.offsets[0], batch.offsets[-1])
+            mid = n // 2
+            return merge_outcomes(await self._process(batch.part(0, mid)), await self._process(batch.part(mid, n)))
 
     async def _rescore(self, ids: list[str], as_of: dt.date) -> list[EnterpriseScore]:
         """Rescore with retries; a failure for another reason is split until the enterprise is found.
@@ -527,6 +530,7 @@ class IngestLoop:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recheck = True  # set again on every partition assignment (_Rebalance)
+        self.catching_up = False  # more than a batch was left to read after the last poll: a backlog
 
     @property
     def processed(self) -> int:
@@ -614,6 +618,7 @@ class IngestLoop:
                 continue
             delay = BACKOFF_FIRST_S
             records = [msg for msgs in batch.values() for msg in msgs]
+            self.catching_up = self._behind(consumer, batch) > worker.batch_size
             if self._recheck:  # started, or partitions assigned: resume them where the store has everything
                 self._recheck = False
                 if core.pending:
@@ -641,6 +646,16 @@ class IngestLoop:
             elif not records and not core.pending and time.monotonic() >= next_sync:
                 await self._sync()
                 next_sync = time.monotonic() + SYNC_EVERY_S
+
+    @staticmethod
+    def _behind(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> int:
+        """Messages left to read after this batch, by the high watermarks of the last fetch (no request)."""
+        behind = 0
+        for tp, msgs in batch.items():
+            hw = consumer.highwater(tp) if msgs else None
+            if hw is not None:
+                behind += max(0, hw - msgs[-1].offset - 1)
+        return behind
 
     async def _sync(self) -> None:
         """While idle: a store that restarted and lost writes is found now, not at the next message."""
@@ -860,8 +875,19 @@ def create_app(settings: Settings, ctx: WorkerContext) -> Any:
 
     app.service(IngestService)
 
+    deferred = 0
+
     @app.timer(settings.allocator.interval_s, on_leader=True)  # type: ignore[untyped-decorator]
     async def allocate_timer() -> None:
+        nonlocal deferred
+        # while this worker reads a backlog (a replay, a catch-up after an outage) every score is about to be
+        # replaced and the watermark runs ahead: deciding on each half-read month would rescore every quiet
+        # enterprise per tick; wait, but never more than max_deferrals ticks in a row
+        if ingest.catching_up and deferred < settings.allocator.max_deferrals:
+            deferred += 1
+            ctx.metrics.allocations_deferred.inc()
+            return
+        deferred = 0
         if ingest.core is not None:
             try:
                 await ingest.core.allocate()

@@ -18,7 +18,6 @@ Examples
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import unicodedata
 from decimal import Decimal
 from typing import Annotated, Final, Literal, get_args
@@ -34,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from streams.hashing import content_key, content_text
 
 EVENT_SCHEMA_VERSION: Final = 1
 
@@ -187,11 +188,11 @@ class InvoiceEvent(_Event):
         return self
 
     def content_hash(self) -> str:
-        """A hash of what the invoice says, everything but ``produced_at`` (hex, 32 characters).
+        """A hash of what the invoice says, everything but ``produced_at`` (hex, 16 characters).
 
         Two deliveries of one ``event_id`` with the same hash are the same invoice sent twice
         (a producer retry may stamp a new ``produced_at``); a different hash is a conflicting
-        redelivery.
+        redelivery. The rule is :mod:`streams.hashing` (the worker hashes whole batches the same way).
 
         Examples
         --------
@@ -203,10 +204,14 @@ class InvoiceEvent(_Event):
         >>> a.content_hash() == b.content_hash(), a.content_hash() == c.content_hash()
         (True, False)
         """
-        parts = (self.event_id, self.enterprise_id, self.direction, self.invoice_no, self.issue_date.isoformat(),
-                 self.counterparty_id, str(self.amount_cents), str(int(self.tax * 100)), str(self.total_cents),
-                 self.status, self.enterprise_name or "")  # amounts in fen: "1.0" and "1.00" are one amount
-        return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+        return content_key(self.content_text()).hex()
+
+    def content_text(self) -> str:
+        """The fields the content hash reads (:func:`streams.hashing.content_text`; amounts in fen, so
+        ``"1.0"`` and ``"1.00"`` are one amount)."""
+        return content_text((self.event_id, self.enterprise_id, self.direction, self.invoice_no,
+                             self.issue_date.isoformat(), self.counterparty_id, str(self.amount_cents),
+                             str(int(self.tax * 100)), str(self.total_cents), self.status, self.enterprise_name or ""))
 
     @property
     def amount_cents(self) -> int:

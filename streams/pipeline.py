@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
 import numpy as np
+import pandas as pd
 from pydantic import ValidationError
 
 from allocator.reasons import line_changes
@@ -38,10 +39,13 @@ from streams.events import (AllocationSummary, CreditLine, DeadLetter, DlqReason
 from streams.eventtime import latest_client_dates
 from streams.features.fold import EnterpriseState, invoice_delta
 from streams.features.names import classify_name
-from streams.features.vector import month_index, to_sequence, to_vector
+from streams.features.vector import arrays_of_many, features_from_arrays, month_index, sequences_from_window
 from streams.policy import DEFAULT_POLICY, IngestPolicy, check_policy
 from streams.policy import dead_letter as build_dead_letter
-from streams.ports import DEAD_LETTER_VERDICTS, DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore, Verdict
+from streams.ports import (DEAD_LETTER_VERDICTS, VERDICT_LETTERS, DeltaItem, EnterpriseRegistry, FeatureStore, ScoreStore,
+                           Verdict)
+from streams.codecs import decode_key
+from streams.columns import InvoiceColumns, RecordBatch, columns_from_events, day_date, decode_batch, empty_columns
 from streams.wire import DuplicateKey, decode_invoice, decode_slow
 
 REASON_UNKNOWN_ENTERPRISE: Final = "unknown_enterprise"
@@ -236,9 +240,7 @@ def dead_letters_for(result: ApplyResult, raws: Sequence[bytes | str | Mapping[s
     """The dead letters of the events the store refused (``result.rejected``), from their raw messages."""
     out = []
     for index, reason in result.rejected:
-        why = {"conflicting_redelivery": "event_id already applied with other content (dedup window)",
-               "outside_dedup_window": "issued before the enterprise's dedup window: a re-send could not be "
-                                       "recognised; raise redis.dedup_window_months and re-inject it"}.get(reason, reason)
+        why = _REFUSED_WHY.get(reason, reason)
         out.append(dead_letter(raws[index], sources[index], reason, why, now,  # type: ignore[arg-type]
                                max_bytes=policy.max_dead_letter_bytes))
     return out
@@ -249,18 +251,15 @@ def dead_letters_for(result: ApplyResult, raws: Sequence[bytes | str | Mapping[s
 
 def build_batch(states: Sequence[EnterpriseState], registry: EnterpriseRegistry, as_of: dt.date) -> ScoringBatch:
     """The model inputs of these enterprises as of ``as_of`` (registry name first, else the event's)."""
-    numeric = np.empty((len(states), len(NUMERIC_FEATURES)), dtype=np.float64)
-    sequences = []
+    arrays = arrays_of_many(states, as_of)  # one batch: the same arithmetic as to_vector / to_sequence
+    numeric = features_from_arrays(arrays)
+    seq = sequences_from_window(arrays.window) if states else np.zeros((0, 0, 0), dtype=np.float32)
     categorical: list[tuple[str, str]] = []
     known: list[str | None] = []
-    for i, state in enumerate(states):
-        vector = to_vector(state, as_of)
-        numeric[i] = [vector[name] for name in NUMERIC_FEATURES]
-        sequences.append(to_sequence(state, as_of))
+    for state in states:
         info = registry.get(state.enterprise_id)
         categorical.append(classify_name(info.name if info is not None else state.name))
         known.append(info.rating if info is not None else None)
-    seq = np.stack(sequences) if sequences else np.zeros((0, 0, 0), dtype=np.float32)
     return ScoringBatch([s.enterprise_id for s in states], numeric, categorical, seq, known)
 
 
@@ -352,12 +351,18 @@ def stale_score_ids(scores: Iterable[EnterpriseScore], as_of: dt.date) -> list[s
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """Everything one micro-batch produced; the shell publishes it."""
+    """Everything one micro-batch produced; the shell publishes it.
 
-    events: list[InvoiceEvent]
+    ``valid`` counts the messages that were valid events (applied, duplicates, or refused by the
+    store's exactly-once rule and dead-lettered); ``messages`` every message of the batch.
+    ``applied.rejected`` holds message indices within the batch.
+    """
+
+    valid: int
     dead_letters: list[DeadLetter]
     applied: ApplyResult
     scores: list[EnterpriseScore]
+    messages: int = 0
 
 
 def fold_batch(
@@ -370,24 +375,106 @@ def fold_batch(
 ) -> BatchOutcome:
     """Ingest and fold one micro-batch, without scoring (``scores`` of the outcome is empty).
 
-    The worker folds every polled batch at once and rescores what the batches touched once per
-    window (:func:`rescore`); :func:`process_batch` does both for one batch.
+    :func:`fold_records` over the messages (one topic at a time, in order); the worker calls
+    :func:`fold_records` with the polled batch as columns. It folds every polled batch at once and
+    rescores what the batches touched once per window (:func:`rescore`); :func:`process_batch` does
+    both for one batch.
     """
-    events: list[InvoiceEvent] = []
-    raws: list[bytes | str | Mapping[str, object]] = []
-    sources: list[Source] = []
-    dead: list[DeadLetter] = []
-    for raw, source in messages:
-        item = ingest(raw, source, now, policy)
-        if isinstance(item, InvoiceEvent):
-            events.append(item)
-            raws.append(raw)
-            sources.append(source)
-        else:
-            dead.append(item)
-    result = apply_events(features, events, sources, registry=registry, quorum=policy.watermark_quorum)
-    dead.extend(dead_letters_for(result, raws, sources, now, policy))
-    return BatchOutcome(events, dead, result, [])
+    out: BatchOutcome | None = None
+    start = 0
+    while start < len(messages) or out is None:
+        topic = messages[start][1].topic if messages else ""
+        end = start
+        while end < len(messages) and messages[end][1].topic == topic:
+            end += 1
+        part = messages[start:end]
+        batch = RecordBatch(topic, [raw for raw, _ in part],  # type: ignore[misc]
+                            [src.key.encode() if src.key is not None else None for _, src in part],
+                            [src.partition for _, src in part], [src.offset for _, src in part],
+                            [src.timestamp_ms or 0 for _, src in part])
+        folded = fold_records(batch, features, registry, now=now, policy=policy)
+        out = folded if out is None else merge_outcomes(out, folded)
+        start = end
+        if not messages:
+            break
+    return out
+
+
+def fold_records(batch: RecordBatch, features: FeatureStore, registry: EnterpriseRegistry, *, now: dt.datetime,
+                 policy: IngestPolicy = DEFAULT_POLICY) -> BatchOutcome:
+    """Ingest and fold a polled batch given as columns (the worker's hot path; no scoring).
+
+    The vectorised decoder (:func:`streams.columns.decode_batch`) takes the canonical messages as
+    columns; every other message goes through :func:`ingest` (the published schema, then the policy),
+    and the valid ones join the columns in message order. One :meth:`FeatureStore.apply_columns`
+    judges and folds them all; the events it refuses become dead letters, and the watermark moves with
+    the rest (:func:`streams.eventtime` quorum over ``registry``'s clients).
+    """
+    n = len(batch)
+    if policy.fast_decode:
+        cols, slow = decode_batch(batch, now, policy)
+    else:
+        cols, slow = empty_columns(batch.topic), list(range(n))
+    dead: list[tuple[int, DeadLetter]] = []  # (message index, letter)
+    if slow:
+        events: list[InvoiceEvent] = []
+        rows: list[int] = []
+        for i in slow:
+            raw = batch.values[i]
+            item = ingest(raw if raw is not None else b"", record_source(batch, i), now, policy)
+            if isinstance(item, InvoiceEvent):
+                events.append(item)
+                rows.append(i)
+            else:
+                dead.append((i, item))
+        if events:
+            extra = columns_from_events(events, rows, batch.topic, [batch.partitions[i] for i in rows],
+                                        [batch.offsets[i] for i in rows])
+            cols = InvoiceColumns.concat([cols, extra], batch.topic)
+    if not len(cols):
+        return BatchOutcome(0, [d for _, d in dead], ApplyResult(frozenset(), frozenset(), 0, 0, features.watermark()),
+                            [], n)
+    write = features.apply_columns(cols)
+    letters = write.letters
+    applied_mask = letters == VERDICT_LETTERS[Verdict.APPLIED]
+    refused = (letters == VERDICT_LETTERS[Verdict.CONFLICT]) | (letters == VERDICT_LETTERS[Verdict.LATE])
+    rejected: list[tuple[int, str]] = []
+    for j in np.flatnonzero(refused).tolist():
+        row = int(cols.row[j])
+        reason = Verdict.CONFLICT.value if letters[j] == VERDICT_LETTERS[Verdict.CONFLICT] else Verdict.LATE.value
+        rejected.append((row, reason))
+        raw = batch.values[row]
+        dead.append((row, dead_letter(raw if raw is not None else b"", record_source(batch, row), reason,  # type: ignore[arg-type]
+                                      _REFUSED_WHY[reason], now, max_bytes=policy.max_dead_letter_bytes)))
+    dead.sort(key=lambda pair: pair[0])
+    kept = cols.take(~refused) if refused.any() else cols
+    eids = frozenset(cols.enterprise_id.tolist())
+    latest: dict[str, dt.date] = {}
+    if len(kept):
+        frame = pd.DataFrame({"e": kept.enterprise_id, "d": kept.day})
+        for eid, day in frame.groupby("e", sort=False)["d"].max().items():
+            if registry.get(str(eid)) is not None:
+                latest[str(eid)] = day_date(int(day))
+    watermark = features.advance_watermark_quorum(latest, policy.watermark_quorum) if latest else features.watermark()
+    n_applied = int(applied_mask.sum())
+    result = ApplyResult(touched=eids, changed=frozenset(cols.enterprise_id[applied_mask].tolist()),
+                         applied=n_applied, duplicates=len(cols) - n_applied - len(rejected), watermark=watermark,
+                         rejected=tuple(rejected))
+    return BatchOutcome(len(cols), [d for _, d in dead], result, [], n)
+
+
+_REFUSED_WHY: Final = {
+    "conflicting_redelivery": "event_id already applied with other content (dedup window)",
+    "outside_dedup_window": "issued before the enterprise's dedup window: a re-send could not be recognised; raise "
+                            "redis.dedup_window_months and re-inject it",
+}
+
+
+def record_source(batch: RecordBatch, i: int) -> Source:
+    """The :class:`Source` of message ``i`` of a polled batch."""
+    ts = batch.timestamps_ms[i]
+    return Source(batch.topic, batch.partitions[i], batch.offsets[i], decode_key(batch.keys[i]),
+                  ts if ts and ts > 0 else None)
 
 
 def process_batch(
@@ -414,7 +501,7 @@ def process_batch(
     new_scores = rescore(result.touched, features, registry, scorer, as_of=result.watermark, now=now,
                          batch_size=score_batch_size)
     scores.put_many(new_scores)
-    return BatchOutcome(folded.events, folded.dead_letters, result, new_scores)
+    return BatchOutcome(folded.valid, folded.dead_letters, result, new_scores, folded.messages)
 
 
 def merge_outcomes(first: BatchOutcome, second: BatchOutcome) -> BatchOutcome:
@@ -422,18 +509,19 @@ def merge_outcomes(first: BatchOutcome, second: BatchOutcome) -> BatchOutcome:
 
     Examples
     --------
-    >>> empty = BatchOutcome([], [], ApplyResult(frozenset(), frozenset(), 0, 0, None), [])
+    >>> empty = BatchOutcome(0, [], ApplyResult(frozenset(), frozenset(), 0, 0, None), [])
     >>> merge_outcomes(empty, empty).applied.applied
     0
     """
     a, b = first.applied, second.applied
     marks = [w for w in (a.watermark, b.watermark) if w is not None]
-    shift = len(first.events)
+    shift = first.messages
     applied = ApplyResult(a.touched | b.touched, a.changed | b.changed, a.applied + b.applied,
                           a.duplicates + b.duplicates, max(marks) if marks else None,
                           a.rejected + tuple((i + shift, why) for i, why in b.rejected))
     scores = list({s.enterprise_id: s for s in first.scores + second.scores}.values())
-    return BatchOutcome(first.events + second.events, first.dead_letters + second.dead_letters, applied, scores)
+    return BatchOutcome(first.valid + second.valid, first.dead_letters + second.dead_letters, applied, scores,
+                        first.messages + second.messages)
 
 
 def poison_letter(raw: bytes | str | Mapping[str, object], source: Source, now: dt.datetime,

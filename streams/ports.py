@@ -14,11 +14,16 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+
+import numpy as np
 
 from streams.alerts import WatchState
 from streams.events import AllocationSummary, CreditLine, DeadLetter, EnterpriseScore, RiskAlert
 from streams.features.fold import EnterpriseState
+
+if TYPE_CHECKING:
+    from streams.columns import InvoiceColumns
 
 T_contra = TypeVar("T_contra", contravariant=True)
 
@@ -43,6 +48,9 @@ class Verdict(StrEnum):
 
 
 DEAD_LETTER_VERDICTS: Final = frozenset({Verdict.CONFLICT, Verdict.LATE})
+#: The letter of each verdict in :class:`ColumnsWrite` (and in the Redis apply script's answer).
+VERDICT_LETTERS: Final = {Verdict.APPLIED: ord("a"), Verdict.REDELIVERED: ord("r"), Verdict.DUPLICATE: ord("d"),
+                          Verdict.CONFLICT: ord("c"), Verdict.LATE: ord("l")}
 
 #: Months of issue dates an enterprise's dedup window spans, ending with its newest applied month.
 DEFAULT_DEDUP_WINDOW_MONTHS: Final = 12
@@ -68,6 +76,7 @@ class DeltaItem:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    id_key: bytes = b""  # the event id's dedup key when the event id itself is not at hand (columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,15 @@ class StoreWrite:
     def applied(self) -> list[bool]:
         """One flag per item: True where it was applied."""
         return [v is Verdict.APPLIED for v in self.verdicts]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnsWrite:
+    """What :meth:`FeatureStore.apply_columns` did: one verdict letter per row (:data:`VERDICT_LETTERS`) and,
+    per enterprise, the value after the write of every counter the batch named (as :class:`StoreWrite`)."""
+
+    letters: np.ndarray  # uint8, one of b"arcdl" per row
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +139,11 @@ class FeatureStore(Protocol):
         :func:`streams.features.fold.check_delta` refuses, and StoreUnavailable when the store
         is down (nothing or part of the batch may have been written: apply the same items again).
         """
+        ...
+
+    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+        """:meth:`apply_many` for valid invoices as columns (the worker's hot path): the same verdicts and
+        state as one :class:`DeltaItem` per row with :func:`streams.features.fold.invoice_delta`."""
         ...
 
     def load(self, enterprise_id: str) -> EnterpriseState:

@@ -138,6 +138,7 @@ class AllocatorSettings(_Section):
     solver: Literal["exact", "anneal", "rules"] = "exact"
     seed: int = 0
     min_scores: int = Field(default=1, ge=1)  # do not allocate before this many enterprises are scored
+    max_deferrals: int = Field(default=6, ge=0)  # ticks skipped in a row while this worker reads a backlog (0: none)
 
 
 class AlertSettings(_Section):

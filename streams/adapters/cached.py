@@ -27,8 +27,11 @@ import datetime as dt
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
+from streams.columns import InvoiceColumns
 from streams.features.fold import EnterpriseState
-from streams.ports import DeltaItem, FeatureStore, StoreWrite
+from streams.ports import ColumnsWrite, DeltaItem, FeatureStore, StoreWrite
 
 
 class CachedFeatureStore:
@@ -58,16 +61,30 @@ class CachedFeatureStore:
         except Exception:
             self.invalidate()  # part of the batch may be in the store, or the store lost recent writes
             raise
+        self._update([(item.enterprise_id, item.name) for item in items if item.name], write.counters)
+        return write
+
+    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+        try:
+            write = self.inner.apply_columns(cols)
+        except Exception:
+            self.invalidate()  # as apply_many
+            raise
+        named = np.flatnonzero(cols.name != None)  # noqa: E711 - elementwise
+        self._update([(str(cols.enterprise_id[i]), str(cols.name[i])) for i in named.tolist()], write.counters)
+        return write
+
+    def _update(self, names: Sequence[tuple[str, str]], counters: Mapping[str, Mapping[str, int]]) -> None:
+        """Set what the store answered after a write: the counters, and a name where the cache has none."""
         cache = self._cache
-        for item in items:
-            state = cache.get(item.enterprise_id)
-            if state is not None and item.name and state.name is None:
-                state.name = item.name
-        for eid, values in write.counters.items():
+        for eid, name in names:
+            state = cache.get(eid)
+            if state is not None and state.name is None:
+                state.name = name
+        for eid, values in counters.items():
             state = cache.get(eid)
             if state is not None:
                 state.counters.update(values)
-        return write
 
     def load(self, enterprise_id: str) -> EnterpriseState:
         return self.inner.load(enterprise_id)

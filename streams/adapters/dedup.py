@@ -23,30 +23,33 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from streams.hashing import HASH_BYTES, content_key, id_key
 from streams.ports import DEAD_LETTER_VERDICTS, DeltaItem, Verdict
 
-#: Bytes kept per event id and per content hash in the dedup window.
-HASH_BYTES = 8
+def id_hash(item: DeltaItem) -> bytes:
+    """The dedup window's key of an item's event id (8 bytes, :func:`streams.hashing.id_key`)."""
+    return item.id_key or id_key(item.event_id)
 
 
-def id_hash(event_id: str) -> bytes:
-    """The 8-byte key of an event id in the dedup window (blake2b)."""
-    return hashlib.blake2b(event_id.encode(), digest_size=HASH_BYTES).digest()
+def delta_hash(delta: Mapping[str, int]) -> bytes:
+    """A content key of a delta, for items that carry no content hash."""
+    return content_key("\n".join(f"{k} {v}" for k, v in sorted(delta.items())))
 
 
-def delta_hash(delta: Mapping[str, int]) -> str:
-    """A content hash of a delta, for items that carry none (hex)."""
-    text = "\n".join(f"{k} {v}" for k, v in sorted(delta.items()))
-    return hashlib.blake2b(text.encode(), digest_size=HASH_BYTES).hexdigest()
-
-
-def content_key(item: DeltaItem) -> bytes:
-    """What the window stores for an item's content: its first 16 hash characters."""
-    return (item.content_hash or delta_hash(item.delta))[: 2 * HASH_BYTES].encode()
+def content_hash(item: DeltaItem) -> bytes:
+    """What the window stores for an item's content: 8 bytes (:func:`streams.hashing.content_key`)."""
+    text = item.content_hash
+    if not text:
+        return delta_hash(item.delta)
+    if len(text) == 2 * HASH_BYTES:  # InvoiceEvent.content_hash(): the key itself, in hex
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    return content_key(text)
 
 
 def fence_field(item: DeltaItem) -> str | None:
@@ -91,8 +94,8 @@ def judge(state: DedupState, items: Sequence[DeltaItem], window_months: int) -> 
         elif item.month <= newest - window_months:
             verdict = Verdict.LATE
         else:
-            key = (item.month, id_hash(item.event_id))
-            content = content_key(item)
+            key = (item.month, id_hash(item))
+            content = content_hash(item)
             previous = pending.get(key)
             if previous is None:
                 previous = state.window.get(item.month, {}).get(key[1])

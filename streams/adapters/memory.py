@@ -26,7 +26,8 @@ from streams.events import CreditLine, EnterpriseScore
 from streams.adapters.dedup import DedupState, commit, judge
 from streams.eventtime import merge_latest, quorum_watermark
 from streams.features.fold import EnterpriseState, check_delta, counter_fields, fold_delta
-from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
+from streams.columns import InvoiceColumns, apply_rows
+from streams.ports import DEFAULT_DEDUP_WINDOW_MONTHS, ColumnsWrite, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
 
 T = TypeVar("T")
 
@@ -80,6 +81,9 @@ class InMemoryFeatureStore:
             now = state.counters if state is not None else {}
             counters[eid] = {f: now.get(f, 0) for f in fields}
         return StoreWrite(verdicts, counters)
+
+    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+        return apply_rows(self, cols)
 
     def load(self, enterprise_id: str) -> EnterpriseState:
         return self.load_many([enterprise_id], with_counterparties=True)[0]

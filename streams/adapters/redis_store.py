@@ -4,26 +4,30 @@ Key layout (``docs/streaming.md``, "Redis layout"). Every key one Lua call touch
 the enterprise's hash tag, so it lives in one Redis Cluster slot; portfolio-wide state is
 split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every enterprise::
 
-    {prefix}:v2:{E123}:counters     hash  month counters and counterparty summaries (what scoring reads)
-    {prefix}:v2:{E123}:cp           hash  counterparty counters cp:{d}:{id} / cpa:{d}:{id}
-    {prefix}:v2:{E123}:meta         hash  name; newest (newest applied issue month); {topic}/{partition} -> last applied offset
-    {prefix}:v2:{E123}:dd:{YYYYMM}  hash  dedup window: blake2b-8(event_id) -> content hash, newest `window` months only
-    {prefix}:v2:{sNN}:enterprises   set   enterprise ids of bucket NN (crc32(id) % SHARDS)
-    {prefix}:v2:{sNN}:scores        hash  enterprise id -> EnterpriseScore JSON
-    {prefix}:v2:{sNN}:lines         hash  enterprise id -> CreditLine JSON
-    {prefix}:v2:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
-    {prefix}:v2:watermark           str   the event-time watermark (ISO, compared as text)
-    {prefix}:v2:latest              zset  client id -> its latest issue date (YYYYMMDD): the watermark's quorum
-    {prefix}:v2:checkpoints         hash  {topic}/{partition} -> offset below which every event is applied (worker)
-    {prefix}:v2:{E123}:alerts       hash  alert rule family (score, sales, line) -> WatchState JSON
-    {prefix}:v2:alerts              hash  portfolio-wide alert subject (drift:..., dlq:...) -> WatchState JSON
+    {prefix}:v3:{E123}:counters     hash  month counters and counterparty summaries (what scoring reads)
+    {prefix}:v3:{E123}:cp           hash  counterparty counters cp:{d}:{id} / cpa:{d}:{id}
+    {prefix}:v3:{E123}:meta         hash  name; newest (newest applied issue month); {topic}/{partition} -> last applied offset
+    {prefix}:v3:{E123}:dd:{YYYYMM}  hash  dedup window: event-id key -> content key (8 bytes each, streams.hashing), newest `window` months only
+    {prefix}:v3:{sNN}:enterprises   set   enterprise ids of bucket NN (crc32(id) % SHARDS)
+    {prefix}:v3:{sNN}:scores        hash  enterprise id -> EnterpriseScore JSON
+    {prefix}:v3:{sNN}:lines         hash  enterprise id -> CreditLine JSON
+    {prefix}:v3:{sNN}:registry      hash  enterprise id -> {"name":..., "rating":...} JSON
+    {prefix}:v3:watermark           str   the event-time watermark (ISO, compared as text)
+    {prefix}:v3:latest              zset  client id -> its latest issue date (YYYYMMDD): the watermark's quorum
+    {prefix}:v3:checkpoints         hash  {topic}/{partition} -> offset below which every event is applied (worker)
+    {prefix}:v3:{E123}:alerts       hash  alert rule family (score, sales, line) -> WatchState JSON
+    {prefix}:v3:alerts              hash  portfolio-wide alert subject (drift:..., dlq:...) -> WatchState JSON
 
-A micro-batch is one pipelined round trip, not a transaction: per enterprise one EVALSHA
-carrying the batch's deltas folded in Python into one sum, plus one SADD per bucket. The
-script judges every event (offset fence, dedup window; :mod:`streams.adapters.dedup` is the
-same rule in Python) and, when all are new, adds the sum and records them; otherwise it
-writes nothing and says why, and the store sends the applied ones again, folded anew (a
-second round trip, only for enterprises with a duplicate or a dead letter in the batch).
+A micro-batch is one pipelined round trip, not a transaction: one EVALSHA per up to
+:data:`GROUPS_PER_CALL` enterprises (one per enterprise on a Redis Cluster, where a script's keys
+share a slot), each enterprise's events packed into a few binary arguments (event-id and content
+keys, months, offsets) and its deltas folded into one sum before they leave Python, plus one SADD
+per bucket. The script judges every event (offset fence, dedup window; :mod:`streams.adapters.dedup`
+is the same rule in Python) and, when all of an enterprise's are new, adds the sum and records them;
+otherwise it writes nothing for that enterprise and says why, and the store sends the applied ones
+again, folded anew (a second round trip, only for enterprises with a duplicate or a dead letter).
+:meth:`RedisFeatureStore.apply_columns` takes a batch as columns (the worker's hot path);
+:meth:`RedisFeatureStore.apply_many` one item per event; both send the same packed groups.
 Either way the script returns the counters the batch named, after the write.
 The clients are synchronous (redis-py): the worker runs a batch's store work in one
 executor thread, which keeps the pipeline functions shared with the in-process backtest.
@@ -47,132 +51,257 @@ import datetime as dt
 import json
 import uuid
 import zlib
+from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
 
 import redis
 import redis.cluster
 
-from streams.adapters.dedup import content_key, fence_field, id_hash
+from streams.adapters.dedup import content_hash, fence_field, id_hash
 from streams.alerts import WatchState
 from streams.errors import CorruptState, StoreRestarted, StoreUnavailable
 from streams.events import CreditLine, EnterpriseScore
-from streams.features.fold import EnterpriseState, check_delta
-from streams.ports import DEAD_LETTER_VERDICTS, DEFAULT_DEDUP_WINDOW_MONTHS, DeltaItem, EnterpriseInfo, StoreWrite, Verdict
+from streams.features.fold import EnterpriseState, check_delta, fold_columns
+from streams.ports import (DEAD_LETTER_VERDICTS, DEFAULT_DEDUP_WINDOW_MONTHS, ColumnsWrite, DeltaItem, EnterpriseInfo,
+                           StoreWrite, Verdict, VERDICT_LETTERS)
 from streams.settings import RedisSettings
 
-KEY_VERSION: Final = "v2"
+if TYPE_CHECKING:
+    from streams.columns import InvoiceColumns
+
+KEY_VERSION: Final = "v3"  # v3: the dedup window keyed by SipHash (streams.hashing); v2 state is not read
+#: Enterprises one apply script takes on a standalone Redis (a cluster takes one: a script's keys share a slot).
+GROUPS_PER_CALL: Final = 64
 #: Buckets of the portfolio-wide hashes (scores, lines, registry, enterprise sets); part of the layout.
 SHARDS: Final = 16
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-_VERDICTS: Final = {"a": Verdict.APPLIED, "r": Verdict.REDELIVERED, "d": Verdict.DUPLICATE,
-                    "c": Verdict.CONFLICT, "l": Verdict.LATE}
+_VERDICTS: Final = {chr(code): verdict for verdict, code in VERDICT_LETTERS.items()}
 
-# KEYS: counters, cp, meta (one slot: the enterprise's tag; the dedup keys are built from ARGV[4], same tag).
-# ARGV: name ('' none), fence field ('' none), window months, dedup key prefix, n events, fence ceiling
-#       (-1: none; a resent subset must not fence past a dead letter left out of it), then per event: id hash, content hash, issue month index, offset; then the folded delta: key, value, ...
-# Returns {verdicts (one letter per event: a r d c l), field, value, ...} with every counter the delta names.
+# One call applies the groups of several enterprises (standalone Redis; one enterprise per call on a cluster).
+# KEYS: per group: counters, cp, meta (one slot: the enterprise's tag; its dedup keys ``...:dd:YYYYMM`` are built
+#       from the counters key, same tag).
+# ARGV: window months, then per group 11 values: name ('' none), fence field ('' none), fence ceiling (-1: none; a
+#       resent subset must not fence past a dead letter left out of it), event-id keys (8 bytes each), content keys
+#       (8 bytes each), issue months as runs "month count month count " in event order, offsets (int64
+#       little-endian each; they ascend when an enterprise's events come from one partition), then the folded
+#       delta in three parts, each "key value key value " (names hold no whitespace): the counters, the
+#       counterparty counts cp:{d}:{id}, the counterparty amounts cpa:{d}:{id}; '1' when the offsets ascend.
+# Returns per group: the verdicts (one letter per event: a r d c l), then "field value field value " for every
+#       counter the delta names (counterparty keys: their summaries), after the write.
+# Redis work per group is a fixed number of commands (reads with HMGET, writes with one variadic HSET per hash),
+# whatever its events and counters: a command called from Lua costs far more than the Lua arithmetic.
 _APPLY_LUA: Final = """
-local counters, cps, meta = KEYS[1], KEYS[2], KEYS[3]
-local name, fence, window, ddprefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n, ceiling = tonumber(ARGV[5]), tonumber(ARGV[6])
-local first_delta = 7 + 4 * n
-local function ddkey(m) return ddprefix .. string.format('%04d%02d', math.floor(m / 12), m % 12 + 1) end
+local window = tonumber(ARGV[1])
+local out = {}
+local LIMIT = 4e15  -- below 2^52: the sum of two such doubles is exact
 local function bigger(a, b)  -- non-negative integers as decimal strings
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local function as_text(v, key, hash)  -- HINCRBY replies are doubles in Lua: exact below 2^53 only
-  if math.abs(v) < 2^53 then return string.format('%d', v) end
+local function ym(m) return string.format('%04d%02d', math.floor(m / 12), m % 12 + 1) end
+local function chunks(list, size, fn)  -- unpack() has a stack limit: at most `size` values per call
+  for s = 1, #list, size do
+    local part = {}
+    for k = s, math.min(s + size - 1, #list) do part[#part + 1] = list[k] end
+    fn(part)
+  end
+end
+local function hmget(hash, fields)  -- field -> value (false when absent)
+  local got = {}
+  chunks(fields, 1000, function(part)
+    local values = redis.call('HMGET', hash, unpack(part))
+    for k = 1, #part do got[part[k]] = values[k] end
+  end)
+  return got
+end
+local function hset(hash, pairs)
+  chunks(pairs, 1000, function(part) redis.call('HSET', hash, unpack(part)) end)
+end
+local function add(hash, key, old, inc, written)  -- the exact sum as text; HINCRBY where doubles cannot hold it
+  local x, y = tonumber(old or '0'), tonumber(inc)
+  if math.abs(x) < LIMIT and math.abs(y) < LIMIT and #inc < 16 then return string.format('%d', x + y) end
+  redis.call('HINCRBY', hash, key, inc)
+  written[key] = true
   return redis.call('HGET', hash, key)
 end
-local last = -1
-if fence ~= '' then last = tonumber(redis.call('HGET', meta, fence) or '-1') end
-local old_newest = tonumber(redis.call('HGET', meta, 'newest') or '0')
-local newest = old_newest
-local verdicts, pending, recorded = {}, {}, {}
-local fence_to, blocked, all_new = -1, false, true
-for i = 0, n - 1 do
-  local at = 7 + 4 * i
-  local idh, content, month, off = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  local v
-  if fence ~= '' and off <= last then
-    v = 'r'
-  elseif month <= newest - window then
-    v = 'l'
-  else
-    local pk = month .. ':' .. idh
-    local prev = pending[pk]
-    if prev == nil then prev = redis.call('HGET', ddkey(month), idh) end
-    if not prev then
-      v = 'a'
-      pending[pk] = content
-      recorded[#recorded + 1] = {month, idh, content}
-      if month > newest then newest = month end
-    elseif prev == content then
-      v = 'd'
+local function parse(payload)
+  local keys, incs = {}, {}
+  for key, inc in string.gmatch(payload, '(%S+) (%S+)') do keys[#keys + 1] = key; incs[#incs + 1] = inc end
+  return keys, incs
+end
+for g = 0, (#KEYS / 3) - 1 do
+  local counters, cps, meta = KEYS[3 * g + 1], KEYS[3 * g + 2], KEYS[3 * g + 3]
+  local at = 2 + 11 * g
+  local name, fence, ceiling = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local ids, contents, months, offsets = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  local mk, mi = parse(ARGV[at + 7])
+  local ck, ci = parse(ARGV[at + 8])
+  local ak, ai = parse(ARGV[at + 9])
+  local ascending = ARGV[at + 10] == '1'
+  local ddprefix = string.sub(counters, 1, #counters - 8) .. 'dd:'
+  local n = #ids / 8
+  local m0 = redis.call('HMGET', meta, 'newest', fence ~= '' and fence or 'newest')
+  local old_newest = tonumber(m0[1] or '0')
+  local last = -1
+  if fence ~= '' then last = tonumber(m0[2] or '-1') end
+  local function offset(i) return (struct.unpack('<i8', offsets, 8 * i - 7)) end
+  -- an enterprise's events come in offset order: the redelivered ones (at or below the fence) are a prefix
+  local skip, redelivered = 0, nil
+  if fence ~= '' and not ascending then  -- not in offset order (a caller's own batch): judged one by one
+    redelivered = {}
+    for k = 1, n do redelivered[k] = offset(k) <= last end
+  elseif fence ~= '' and n > 0 and offset(1) <= last then
+    local lo, hi = 1, n  -- the last position whose offset is <= last
+    while lo < hi do
+      local mid = math.floor((lo + hi + 1) / 2)
+      if offset(mid) <= last then lo = mid else hi = mid - 1 end
+    end
+    skip = lo
+  end
+  -- months come as runs "month count month count ..." in event order
+  local runs = {}
+  for m, c in string.gmatch(months, '(%d+) (%d+)') do runs[#runs + 1] = {tonumber(m), tonumber(c)} end
+  local asked = {}  -- month -> event-id keys whose window entry is read (one HMGET per month)
+  local idh = {}
+  local i = 0
+  for _, run in ipairs(runs) do
+    local m, l = run[1], asked[run[1]]
+    for _ = 1, run[2] do
+      i = i + 1
+      if i > skip and not (redelivered and redelivered[i]) then
+        idh[i] = string.sub(ids, 8 * i - 7, 8 * i)
+        if not l then l = {}; asked[m] = l end
+        l[#l + 1] = idh[i]
+      end
+    end
+  end
+  local seen = {}
+  for m, l in pairs(asked) do seen[m] = hmget(ddprefix .. ym(m), l) end
+  local newest = old_newest
+  local verdicts = nil  -- built only once an event is not applied (the common batch applies all)
+  local pending, recorded = {}, {}
+  local first_blocked = n + 1
+  i = 0
+  for _, run in ipairs(runs) do
+    local month = run[1]
+    local pend = pending[month]
+    if not pend then pend = {}; pending[month] = pend end
+    local got = seen[month]
+    for _ = 1, run[2] do
+      i = i + 1
+      local v = 'a'
+      if i <= skip or (redelivered and redelivered[i]) then
+        v = 'r'
+      elseif month <= newest - window then
+        v = 'l'
+      else
+        local id = idh[i]
+        local before = pend[id]
+        if before == nil then before = got[id] end
+        if not before then
+          local content = string.sub(contents, 8 * i - 7, 8 * i)
+          pend[id] = content
+          recorded[#recorded + 1] = {month, id, content}
+          if month > newest then newest = month end
+        elseif before == string.sub(contents, 8 * i - 7, 8 * i) then
+          v = 'd'
+        else
+          v = 'c'
+        end
+      end
+      if v ~= 'a' and not verdicts then
+        verdicts = {}
+        for k = 1, i - 1 do verdicts[k] = 'a' end
+      end
+      if verdicts then verdicts[i] = v end
+      if (v == 'c' or v == 'l') and i < first_blocked then first_blocked = i end
+    end
+  end
+  local all_new = verdicts == nil
+  -- the fence moves to the last event before the first dead letter (which Kafka must redeliver)
+  local fence_to = -1
+  if fence ~= '' and first_blocked > 1 then
+    if ascending then
+      fence_to = offset(first_blocked - 1)
     else
-      v = 'c'
+      for k = 1, first_blocked - 1 do fence_to = math.max(fence_to, offset(k)) end
     end
   end
-  verdicts[#verdicts + 1] = v
-  if v ~= 'a' then all_new = false end
-  if fence ~= '' then
-    if v == 'c' or v == 'l' then blocked = true
-    elseif (not blocked) and off > fence_to then fence_to = off end
+  -- the counters the delta names, and the counterparty summaries of every direction it touches
+  local dirs, named = {}, {}
+  for _, key in ipairs(ck) do dirs[string.match(key, '^cp:([^:]*)')] = true end
+  for _, key in ipairs(ak) do dirs[string.match(key, '^cpa:([^:]*)')] = true end
+  for _, key in ipairs(mk) do named[#named + 1] = key end
+  for d in pairs(dirs) do
+    named[#named + 1] = 's:ncp_' .. d; named[#named + 1] = 's:cpasum_' .. d; named[#named + 1] = 's:cpamax_' .. d
   end
-end
-if all_new and n > 0 then
-  for j = first_delta, #ARGV, 2 do
-    local key, inc = ARGV[j], ARGV[j + 1]
-    local d = string.match(key, '^cp:([^:]*)')
-    local da = string.match(key, '^cpa:([^:]*)')
-    if d then
-      local new = redis.call('HINCRBY', cps, key, inc)
-      local old = new - tonumber(inc)
-      if old <= 0 and new > 0 then redis.call('HINCRBY', counters, 's:ncp_' .. d, 1)
-      elseif new <= 0 and old > 0 then redis.call('HINCRBY', counters, 's:ncp_' .. d, -1) end
-    elseif da then
-      local new = as_text(redis.call('HINCRBY', cps, key, inc), key, cps)
-      redis.call('HINCRBY', counters, 's:cpasum_' .. da, inc)
-      local cur = redis.call('HGET', counters, 's:cpamax_' .. da)
-      if (not cur) or bigger(new, cur) then redis.call('HSET', counters, 's:cpamax_' .. da, new) end
-    else
-      redis.call('HINCRBY', counters, key, inc)
+  local now = hmget(counters, named)
+  if all_new and n > 0 then
+    local written, cwritten, pairs_c, pairs_p = {}, {}, {}, {}
+    for i, key in ipairs(mk) do now[key] = add(counters, key, now[key], mi[i], written) end
+    local cpnames = {}
+    for _, key in ipairs(ck) do cpnames[#cpnames + 1] = key end
+    for _, key in ipairs(ak) do cpnames[#cpnames + 1] = key end
+    local cpnow = hmget(cps, cpnames)
+    for i, key in ipairs(ck) do
+      local d = string.match(key, '^cp:([^:]*)')
+      local old = tonumber(cpnow[key] or '0')
+      cpnow[key] = add(cps, key, cpnow[key], ci[i], cwritten)
+      local new = tonumber(cpnow[key])
+      local nk = 's:ncp_' .. d
+      if old <= 0 and new > 0 then now[nk] = string.format('%d', tonumber(now[nk] or '0') + 1)
+      elseif new <= 0 and old > 0 then now[nk] = string.format('%d', tonumber(now[nk] or '0') - 1) end
     end
-  end
-  if ceiling >= 0 and fence_to > ceiling then fence_to = ceiling end
-  if fence ~= '' and fence_to > last then redis.call('HSET', meta, fence, fence_to) end
-  if newest > old_newest then
-    for m = math.max(old_newest - window + 1, 0), math.min(newest - window, old_newest) do
-      redis.call('DEL', ddkey(m))
+    for i, key in ipairs(ak) do
+      local d = string.match(key, '^cpa:([^:]*)')
+      cpnow[key] = add(cps, key, cpnow[key], ai[i], cwritten)
+      local sk, xk = 's:cpasum_' .. d, 's:cpamax_' .. d
+      now[sk] = add(counters, sk, now[sk], ai[i], written)
+      if (not now[xk]) or bigger(cpnow[key], now[xk]) then now[xk] = cpnow[key] end
     end
-    redis.call('HSET', meta, 'newest', newest)
+    for _, key in ipairs(named) do
+      if now[key] and not written[key] then pairs_c[#pairs_c + 1] = key; pairs_c[#pairs_c + 1] = now[key] end
+    end
+    for _, key in ipairs(cpnames) do
+      if not cwritten[key] then pairs_p[#pairs_p + 1] = key; pairs_p[#pairs_p + 1] = cpnow[key] end
+    end
+    if #pairs_c > 0 then hset(counters, pairs_c) end
+    if #pairs_p > 0 then hset(cps, pairs_p) end
+    if ceiling >= 0 and fence_to > ceiling then fence_to = ceiling end
+    local mpairs = {}
+    if fence ~= '' and fence_to > last then mpairs[#mpairs + 1] = fence; mpairs[#mpairs + 1] = fence_to end
+    if newest > old_newest then
+      for m = math.max(old_newest - window + 1, 0), math.min(newest - window, old_newest) do
+        redis.call('DEL', ddprefix .. ym(m))
+      end
+      mpairs[#mpairs + 1] = 'newest'; mpairs[#mpairs + 1] = newest
+    end
+    if #mpairs > 0 then redis.call('HSET', meta, unpack(mpairs)) end
+    local bymonth = {}
+    for _, r in ipairs(recorded) do
+      local m = r[1]
+      if m > newest - window then
+        local l = bymonth[m]
+        if not l then l = {}; bymonth[m] = l end
+        l[#l + 1] = r[2]
+        l[#l + 1] = r[3]
+      end
+    end
+    for m, l in pairs(bymonth) do hset(ddprefix .. ym(m), l) end
+    if name ~= '' then redis.call('HSETNX', meta, 'name', name) end
   end
-  for _, r in ipairs(recorded) do
-    if r[1] > newest - window then redis.call('HSET', ddkey(r[1]), r[2], r[3]) end
+  local text = {}
+  for _, key in ipairs(named) do
+    text[#text + 1] = key
+    text[#text + 1] = now[key] or '0'
   end
-  if name ~= '' then redis.call('HSETNX', meta, 'name', name) end
-end
-local fields, named = {}, {}
-for j = first_delta, #ARGV, 2 do
-  local key = ARGV[j]
-  local d = string.match(key, '^cpa?:([^:]*)')
-  local names = d and {'s:ncp_' .. d, 's:cpasum_' .. d, 's:cpamax_' .. d} or {key}
-  for _, f in ipairs(names) do
-    if not named[f] then named[f] = true; fields[#fields + 1] = f end
-  end
-end
-local out = {table.concat(verdicts)}
-for start = 1, #fields, 1000 do
-  local chunk = {}
-  for k = start, math.min(start + 999, #fields) do chunk[#chunk + 1] = fields[k] end
-  local values = redis.call('HMGET', counters, unpack(chunk))
-  for k, f in ipairs(chunk) do
-    out[#out + 1] = f
-    out[#out + 1] = values[k] or '0'
-  end
+  out[#out + 1] = verdicts and table.concat(verdicts) or string.rep('a', n)
+  out[#out + 1] = table.concat(text, ' ')
 end
 return out
 """
@@ -309,6 +438,50 @@ class _Immediate:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Groups:
+    """A batch's events grouped by enterprise and fence, as the apply script takes them (event order kept)."""
+
+    codes: np.ndarray  # group of each event
+    eids: list[str]  # per group
+    fences: list[str]  # per group ('' none)
+    names: list[str | None]  # per group
+    ids: np.ndarray  # uint64 per event
+    contents: np.ndarray  # uint64 per event
+    months: np.ndarray  # per event
+    offsets: np.ndarray  # per event
+    fold: Any  # rows (ascending positions, grouped) -> the folded delta payload of each group code
+
+
+def _runs(months: np.ndarray) -> str:
+    """Issue months in event order as runs ``"month count month count "`` (a batch's events of an enterprise
+    mostly share one or two months)."""
+    if len(months) == 1:
+        return f"{int(months[0])} 1 "
+    starts = np.flatnonzero(np.diff(months, prepend=months[0] - 1))
+    counts = np.diff(np.append(starts, len(months)))
+    return "".join(f"{m} {c} " for m, c in zip(months[starts].tolist(), counts.tolist(), strict=True))
+
+
+def _payload(delta: Mapping[str, int]) -> tuple[bytes, bytes, bytes]:
+    """A folded delta as the apply script's three payloads (counters, ``cp:``, ``cpa:``)."""
+    parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for key, inc in delta.items():
+        parts[2 if key.startswith("cpa:") else 1 if key.startswith("cp:") else 0].append(f"{key} {inc} ")
+    return "".join(parts[0]).encode(), "".join(parts[1]).encode(), "".join(parts[2]).encode()
+
+
+def _first_names(names: Sequence[str | None] | np.ndarray, codes: np.ndarray, n: int) -> list[str | None]:
+    """Per group, the first name its events carry (None: none)."""
+    out: list[str | None] = [None] * n
+    named = np.flatnonzero(np.asarray([bool(x) for x in names], dtype=bool)) if not isinstance(names, np.ndarray) \
+        else np.flatnonzero(names != None)  # noqa: E711 - elementwise
+    for i in named.tolist():
+        if names[i] and out[codes[i]] is None:
+            out[codes[i]] = names[i]
+    return out
+
+
 class RedisFeatureStore:
     """:class:`streams.ports.FeatureStore` on Redis (see the module docstring for the layout)."""
 
@@ -317,6 +490,7 @@ class RedisFeatureStore:
         self._r = client
         self._k = _Keys(prefix)
         self._window = str(dedup_window_months)
+        self._groups_per_call = 1 if isinstance(client, redis.cluster.RedisCluster) else GROUPS_PER_CALL
         # guarded: scripts named for this process only (a comment), so another worker's reload cannot hide a restart
         self._guard = guard_restarts and not isinstance(client, redis.cluster.RedisCluster)
         name = f"\n-- riskmon feature store {uuid.uuid4().hex}\n" if self._guard else ""
@@ -339,82 +513,141 @@ class RedisFeatureStore:
             return _Immediate(self._r)
         return self._r.pipeline(transaction=False)
 
-    def _call(self, pipe: Any, eid: str, fence: str | None, group: Sequence[DeltaItem], ceiling: int) -> None:
-        name = next((item.name for item in group if item.name), None) or ""
-        args: list[str | bytes | int] = [name, fence or "", self._window, self._k.ent(eid, "dd:"), len(group), ceiling]
-        folded: dict[str, int] = {}
-        for item in group:
-            args += [id_hash(item.event_id), content_key(item), item.month, item.offset]
-            for key, inc in item.delta.items():
-                folded[key] = folded.get(key, 0) + inc
-        for key, total in folded.items():
-            args += [key, total]
-        keys = [self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")]
-        if self._guard:  # never loaded behind our back: NOSCRIPT is how a restart shows
-            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
-        else:
-            self._apply(keys=keys, args=args, client=pipe)
-
     def apply_many(self, items: Sequence[DeltaItem]) -> StoreWrite:
         if not items:
             return StoreWrite([], {})
         for item in items:
             check_delta(item.delta)
+        eids = [item.enterprise_id for item in items]
+        fences = [fence_field(item) or "" for item in items]
+        codes, keys = pd.factorize(pd.Series([f"{e}\x00{f}" for e, f in zip(eids, fences, strict=True)]))
+        n = len(keys)
+        first = [0] * n
+        for i in range(len(items) - 1, -1, -1):
+            first[codes[i]] = i
+        ids = np.frombuffer(b"".join(id_hash(item) for item in items), dtype=">u8")
+        contents = np.frombuffer(b"".join(content_hash(item) for item in items), dtype=">u8")
+
+        def fold(rows: np.ndarray) -> list[tuple[bytes, bytes, bytes]]:
+            sums: list[dict[str, int]] = [{} for _ in range(n)]
+            for i in rows.tolist():
+                total = sums[codes[i]]
+                for key, inc in items[i].delta.items():
+                    total[key] = total.get(key, 0) + inc
+            return [_payload(d) for d in sums]
+
+        groups = _Groups(codes=np.asarray(codes, dtype=np.int64), eids=[eids[first[g]] for g in range(n)],
+                         fences=[fences[first[g]] for g in range(n)],
+                         names=_first_names([item.name for item in items], codes, n),
+                         ids=ids, contents=contents, months=np.asarray([item.month for item in items], dtype=np.int64),
+                         offsets=np.asarray([item.offset for item in items], dtype=np.int64), fold=fold)
+        letters, counters = self._apply_groups(groups)
+        return StoreWrite([_VERDICTS[chr(c)] for c in letters.tolist()], counters)
+
+    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+        """:meth:`apply_many` for a batch of invoices as columns: one verdict letter per row, the counters after."""
+        if not len(cols):
+            return ColumnsWrite(np.empty(0, dtype=np.uint8), {})
+        has_fence = cols.offset >= 0
+        part = np.where(has_fence, cols.partition + 1, 0)
+        ent_codes, ent_ids = pd.factorize(cols.enterprise_id)
+        codes, combined = pd.factorize(ent_codes.astype(np.int64) * (int(part.max()) + 1) + part)
+        n = len(combined)
+        first = np.full(n, len(codes), dtype=np.int64)
+        np.minimum.at(first, codes, np.arange(len(codes)))
+        yyyymm = (cols.month // 12) * 100 + cols.month % 12 + 1
+        topic = cols.topic
+
+        def fold(rows: np.ndarray) -> list[tuple[bytes, bytes, bytes]]:
+            return fold_columns(codes[rows], yyyymm[rows], cols.out[rows], cols.void[rows], cols.amount_cents[rows],
+                                cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n)
+
+        groups = _Groups(codes=codes.astype(np.int64), eids=[str(e) for e in cols.enterprise_id[first]],
+                         fences=[f"{topic}/{int(p)}" if h else "" for p, h in
+                                 zip(cols.partition[first].tolist(), has_fence[first].tolist(), strict=True)],
+                         names=_first_names(cols.name, codes, n), ids=cols.id_hash, contents=cols.content_hash,
+                         months=cols.month.astype(np.int64), offsets=cols.offset, fold=fold)
+        letters, counters = self._apply_groups(groups)
+        return ColumnsWrite(letters, counters)
+
+    def _apply_groups(self, groups: _Groups) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+        """Judge and apply every group; the verdict letters per event (its order) and the counters after."""
         if not self._armed:
             raise StoreRestarted("the feature store has not checked where to resume since it (or Redis) started; "
                                  "rewind to resume_offsets()")
-        groups: dict[tuple[str, str | None], list[int]] = {}
-        for index, item in enumerate(items):
-            groups.setdefault((item.enterprise_id, fence_field(item)), []).append(index)
-        verdicts: list[Verdict] = [Verdict.APPLIED] * len(items)
+        n_events = len(groups.codes)
+        letters = np.full(n_events, ord("a"), dtype=np.uint8)
         counters: dict[str, dict[str, int]] = {}
-        todo = {key: indices for key, indices in groups.items()}
-        ceilings: dict[tuple[str, str | None], int] = {}  # the fence stays below a group's first dead letter
+        ceilings: dict[int, int] = {}  # the fence stays below a group's first dead letter
+        rows = np.arange(n_events)
         first = True
         for _attempt in range(4):
-            with self._guarded("apply_many"):
+            order = rows[np.argsort(groups.codes[rows], kind="stable")]
+            codes = groups.codes[order]
+            present, starts = np.unique(codes, return_index=True)
+            bounds = np.append(starts, len(order)).tolist()
+            payloads = groups.fold(order)
+            ids = groups.ids[order].astype(">u8").tobytes()
+            contents = groups.contents[order].astype(">u8").tobytes()
+            months_sorted = groups.months[order]
+            offsets_sorted = groups.offsets[order]
+            offsets = offsets_sorted.astype("<i8").tobytes()
+            calls: list[tuple[list[str], list[Any]]] = []
+            keys: list[str] = []
+            args: list[Any] = [self._window]
+            for j, g in enumerate(present.tolist()):
+                s, e = bounds[j], bounds[j + 1]
+                eid = groups.eids[g]
+                keys += [self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")]
+                args += [groups.names[g] or "", groups.fences[g], ceilings.get(g, -1), ids[8 * s:8 * e],
+                         contents[8 * s:8 * e], _runs(months_sorted[s:e]), offsets[8 * s:8 * e], *payloads[g],
+                         "1" if bool(np.all(np.diff(offsets_sorted[s:e]) >= 0)) else "0"]
+                if len(keys) >= 3 * self._groups_per_call or j == len(present) - 1:
+                    calls.append((keys, args))
+                    keys, args = [], [self._window]
+            with self._guarded("apply"):
                 pipe = self._write_pipeline()
                 recorded = dict(self._pending) if first and self._guard else {}
                 if recorded:  # after the previous batches' writes, before this one's: a lower bound in the log
                     pipe.evalsha(self._checkpoint.sha, 1, self._checkpoints_key,
                                  *(x for kv in recorded.items() for x in kv))
-                for (eid, fence), indices in todo.items():
-                    self._call(pipe, eid, fence, [items[i] for i in indices], ceilings.get((eid, fence), -1))
+                for call_keys, call_args in calls:
+                    if self._guard:  # never loaded behind our back: NOSCRIPT is how a restart shows
+                        pipe.evalsha(self._apply.sha, len(call_keys), *call_keys, *call_args)
+                    else:
+                        self._apply(keys=call_keys, args=call_args, client=pipe)
                 if first:
-                    for n, ids in _by_shard(list(dict.fromkeys(eid for eid, _ in groups))).items():
-                        pipe.sadd(self._k.shard(n, "enterprises"), *ids)
-                results = pipe.execute()[1 if recorded else 0:]
+                    for shard, ids_ in _by_shard(list(dict.fromkeys(groups.eids))).items():
+                        pipe.sadd(self._k.shard(shard, "enterprises"), *ids_)
+                results = pipe.execute()[1 if recorded else 0:][:len(calls)]
             if recorded and self._pending == recorded:
                 self._pending = {}
-            again: dict[tuple[str, str | None], list[int]] = {}
-            for (key, indices), result in zip(todo.items(), results, strict=False):
-                letters = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
-                values = counters.setdefault(key[0], {})
-                for f, v in zip(result[1::2], result[2::2], strict=True):
-                    try:
-                        values[f.decode()] = int(v)
-                    except ValueError as exc:
-                        raise CorruptState(f"non-integer counter {f!r} for {key[0]} under {self._k.base}") from exc
-                judged = [_VERDICTS[ch] for ch in letters]
-                dead = [items[i].offset for i, v in zip(indices, judged, strict=True) if v in DEAD_LETTER_VERDICTS]
-                if dead:
-                    ceilings[key] = min([ceilings.get(key, dead[0]), *dead]) - 1
-                if first:
-                    for i, verdict in zip(indices, judged, strict=True):
-                        verdicts[i] = verdict
-                    applied = [i for i, v in zip(indices, judged, strict=True) if v is Verdict.APPLIED]
-                    if applied and len(applied) < len(indices):  # nothing written: send the new ones alone
-                        again[key] = applied
-                elif any(v is not Verdict.APPLIED for v in judged):  # judged again differently: a second writer
-                    for i, verdict in zip(indices, judged, strict=True):
-                        verdicts[i] = verdict
-                    applied = [i for i, v in zip(indices, judged, strict=True) if v is Verdict.APPLIED]
-                    if applied:
-                        again[key] = applied
+            replies = [x for result in results for x in result]
+            again: list[np.ndarray] = []
+            for j, g in enumerate(present.tolist()):
+                verdict, values = replies[2 * j], replies[2 * j + 1]
+                eid = groups.eids[g]
+                fields = values.split()
+                try:
+                    counters.setdefault(eid, {}).update(
+                        zip([f.decode() for f in fields[0::2]], [int(v) for v in fields[1::2]], strict=True))
+                except ValueError as exc:
+                    raise CorruptState(f"non-integer counter for {eid} under {self._k.base}") from exc
+                judged = np.frombuffer(verdict, dtype=np.uint8)
+                at = order[bounds[j]:bounds[j + 1]]
+                dead = (judged == ord("c")) | (judged == ord("l"))
+                if dead.any():
+                    lowest = int(groups.offsets[at][dead].min()) - 1
+                    ceilings[g] = min(ceilings.get(g, lowest), lowest)
+                applied = judged == ord("a")
+                if first or not applied.all():  # a second judgement that differs: another writer
+                    letters[at] = judged
+                    if applied.any() and not applied.all():  # nothing written: send the new ones alone
+                        again.append(at[applied])
             if not again:
-                return StoreWrite(verdicts, counters)
-            todo, first = again, False
-        raise StoreUnavailable("apply_many: the verdicts kept changing between attempts (another writer?)")
+                return letters, counters
+            rows, first = np.sort(np.concatenate(again)), False
+        raise StoreUnavailable("apply: the verdicts kept changing between attempts (another writer?)")
 
     @contextmanager
     def _guarded(self, what: str) -> Iterator[None]:
@@ -683,7 +916,7 @@ def clear_prefix(client: Any, prefix: str) -> int:
     n = 0
     cluster = isinstance(client, redis.cluster.RedisCluster)
     with _translated("clear prefix"):
-        for version in ("v1", KEY_VERSION):
+        for version in ("v1", "v2", KEY_VERSION):
             for batch in _batched(client.scan_iter(match=f"{prefix}:{version}:*", count=1000), 500):
                 if cluster:
                     pipe = client.pipeline(transaction=False)

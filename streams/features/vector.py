@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,22 +108,32 @@ def _monthly(counters: Mapping[str, int], end_month: int) -> tuple[np.ndarray, n
 
 def arrays_of(state: EnterpriseState, as_of: dt.date) -> MonthlyArrays:
     """One enterprise's counters as a batch of one."""
+    return arrays_of_many([state], as_of)
+
+
+def arrays_of_many(states: Sequence[EnterpriseState], as_of: dt.date) -> MonthlyArrays:
+    """Many enterprises' counters as one batch (one pass over each enterprise's month counters)."""
     end = month_index(as_of)
-    window, totals, first, last = _monthly(state.counters, end)
+    n = len(states)
+    window = np.zeros((n, len(_METRIC_INDEX), _WINDOW_MONTHS), dtype=np.float64)
+    totals = np.zeros((n, len(_METRIC_INDEX)), dtype=np.float64)
+    first = np.full(n, np.nan)
+    last = np.full(n, np.nan)
     # counterparty summaries kept by the fold (streams.features.fold.fold_delta): no scan of counterparties
-    c = state.counters
-    cp_count = np.zeros((1, 2))
-    cpa_max = np.zeros((1, 2))
-    cpa_sum = np.zeros((1, 2))
-    for i, d in enumerate(DIRECTIONS):
-        n_key, sum_key, max_key = summary_keys(d)
-        cp_count[0, i], cpa_sum[0, i], cpa_max[0, i] = c.get(n_key, 0), c.get(sum_key, 0), c.get(max_key, 0)
-    return MonthlyArrays(
-        window=window[None], totals=totals[None],
-        first=np.array([np.nan if first is None else first], dtype=np.float64),
-        last=np.array([np.nan if last is None else last], dtype=np.float64),
-        cp_count=cp_count, cpa_max=cpa_max, cpa_sum=cpa_sum, end=end,
-    )
+    cp_count = np.zeros((n, 2))
+    cpa_max = np.zeros((n, 2))
+    cpa_sum = np.zeros((n, 2))
+    for k, state in enumerate(states):
+        w, t, f, l = _monthly(state.counters, end)
+        window[k], totals[k] = w, t
+        if f is not None:
+            first[k], last[k] = f, l
+        c = state.counters
+        for i, d in enumerate(DIRECTIONS):
+            n_key, sum_key, max_key = summary_keys(d)
+            cp_count[k, i], cpa_sum[k, i], cpa_max[k, i] = c.get(n_key, 0), c.get(sum_key, 0), c.get(max_key, 0)
+    return MonthlyArrays(window=window, totals=totals, first=first, last=last, cp_count=cp_count, cpa_max=cpa_max,
+                         cpa_sum=cpa_sum, end=end)
 
 
 def _growth(new: np.ndarray, old: np.ndarray) -> np.ndarray:

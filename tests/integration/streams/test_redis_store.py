@@ -12,6 +12,7 @@ from streams.adapters.memory import InMemoryRegistry
 from redis.crc import key_slot
 
 from streams.adapters.redis_store import (
+    KEY_VERSION,
     RedisAlertStateStore,
     RedisCreditLineStore,
     RedisFeatureStore,
@@ -66,7 +67,7 @@ def test_keys_are_versioned_hash_tagged_and_one_slot_per_script(redis_client: re
     store.apply_many([DeltaItem("E7", "ev", {"n": 1, "cp:in:S1": 1}, name="x", month=2019 * 12 + 4)])
     RedisScoreStore(redis_client, stream_prefix).put_many([make_score("E7")])
     keys = sorted(k.decode() for k in redis_client.scan_iter(match=f"{stream_prefix}:*"))
-    base, shard = f"{stream_prefix}:v2", f"s{shard_of('E7'):02d}"
+    base, shard = f"{stream_prefix}:{KEY_VERSION}", f"s{shard_of('E7'):02d}"
     assert keys == [f"{base}:{{E7}}:counters", f"{base}:{{E7}}:cp", f"{base}:{{E7}}:dd:201905",
                     f"{base}:{{E7}}:meta", f"{base}:{{{shard}}}:enterprises", f"{base}:{{{shard}}}:scores"]
     assert len({key_slot(k.encode()) for k in keys if "{E7}" in k}) == 1  # what one Lua call touches: one slot
