@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterable
 
 import pytest
 import redis
@@ -21,12 +22,13 @@ from streams.adapters.redis_store import (
     clear_prefix,
     shard_of,
 )
+from streams.columns import InvoiceColumns, columns_from_events
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
 from streams.errors import StoreUnavailable
 from streams.features.fold import fold_all
 from streams.features.vector import month_index
 from streams.pipeline import Source, apply_events
-from streams.ports import DeltaItem
+from streams.ports import VERDICT_LETTERS, DeltaItem, Verdict
 from tests.unit.streams.contracts import (
     AlertStateStoreContract,
     CreditLineStoreContract,
@@ -83,12 +85,27 @@ def _kafka_items(events: list, partition_of: dict[str, int]) -> tuple[list, list
     return events, sources
 
 
-def _memory_bytes(client: redis.Redis, prefix: str) -> tuple[int, int]:
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+def _key_sizes(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """MEMORY USAGE of every key under the prefix."""
+    keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
     pipe = client.pipeline(transaction=False)
     for k in keys:
         pipe.memory_usage(k, samples=0)
-    return len(keys), sum(pipe.execute())
+    return dict(zip(keys, pipe.execute(), strict=True))
+
+
+def _field_counts(client: redis.Redis, keys: Iterable[str]) -> dict[str, int]:
+    """HLEN of every hash (SCARD of the sets) among these keys."""
+    keys = sorted(keys)
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        pipe.scard(k) if k.endswith(":enterprises") else pipe.hlen(k)
+    return dict(zip(keys, pipe.execute(), strict=True))
+
+
+def _memory_bytes(client: redis.Redis, prefix: str) -> tuple[int, int]:
+    sizes = _key_sizes(client, prefix)
+    return len(sizes), sum(sizes.values())
 
 
 def test_memory_does_not_grow_when_the_same_invoices_are_redelivered(redis_client: redis.Redis, stream_prefix: str) -> None:
@@ -116,6 +133,51 @@ def test_memory_does_not_grow_when_the_same_invoices_are_redelivered(redis_clien
     for state in store.load_many(sorted(expected), with_counterparties=True):
         assert state.counters == expected[state.enterprise_id].counters
         assert state.counterparties == expected[state.enterprise_id].counterparties
+
+
+def test_columnar_redelivery_leaves_memory_and_counters_unchanged(redis_client: redis.Redis, stream_prefix: str) -> None:
+    """The worker's path (apply_columns): a Kafka redelivery (same offsets) and a producer re-send (new offsets,
+    same event ids and content) write nothing: every key's MEMORY USAGE and every counter stay as they were."""
+    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 20_000) if not isinstance(e, RejectedRow)),
+                    key=lambda e: e.issue_date)
+    events, sources = _kafka_items(events, {})
+
+    def columns(at: list[int], shift: int = 0) -> InvoiceColumns:
+        return columns_from_events([events[i] for i in at], list(range(len(at))), "invoices",
+                                   [sources[i].partition for i in at], [sources[i].offset + shift for i in at])
+
+    store = RedisFeatureStore(redis_client, stream_prefix)
+    batches = [list(range(start, min(start + 2000, len(events)))) for start in range(0, len(events), 2000)]
+    for at in batches:
+        assert (store.apply_columns(columns(at)).letters == VERDICT_LETTERS[Verdict.APPLIED]).all()
+    ids = sorted(store.enterprise_ids())
+
+    def counters() -> list[tuple[dict[str, int], dict[str, int]]]:
+        return [(s.counters, s.counterparties) for s in store.load_many(ids, with_counterparties=True)]
+
+    sizes, state = _key_sizes(redis_client, stream_prefix), counters()
+    fields = _field_counts(redis_client, sizes)
+    expected = fold_all(events)
+    assert state == [(expected[e].counters, expected[e].counterparties) for e in ids]
+    for at in batches:  # a consumer restarted from offset 0: every record redelivered at its own offset
+        letters = store.apply_columns(columns(at)).letters
+        assert (letters == VERDICT_LETTERS[Verdict.REDELIVERED]).all()
+    assert _key_sizes(redis_client, stream_prefix) == sizes
+    assert _field_counts(redis_client, sizes) == fields and counters() == state
+    # a producer re-sending what is inside each enterprise's dedup window (new offsets, same ids and content)
+    newest = {e.enterprise_id: month_index(e.issue_date) for e in events}  # sorted by date: the last wins
+    recent = [i for i, e in enumerate(events) if month_index(e.issue_date) > newest[e.enterprise_id] - 6]
+    for start in range(0, len(recent), 2000):
+        letters = store.apply_columns(columns(recent[start : start + 2000], shift=1_000_000)).letters
+        assert (letters == VERDICT_LETTERS[Verdict.DUPLICATE]).all()
+    after = _key_sizes(redis_client, stream_prefix)
+    assert after.keys() == sizes.keys() and len(recent) > 1000
+    assert _field_counts(redis_client, sizes) == fields
+    # no key grew but the offset fences (longer numbers); a large dedup hash may shrink when the reads finish
+    # Redis's incremental rehash (its old table freed), which is not growth
+    assert all(after[k] <= sizes[k] for k in sizes if not k.endswith(":meta"))
+    assert sum(after[k] - sizes[k] for k in sizes if k.endswith(":meta")) <= 16 * len(ids)
+    assert counters() == state
 
 
 def test_dedup_window_keeps_only_the_newest_months(redis_client: redis.Redis, stream_prefix: str) -> None:
