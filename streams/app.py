@@ -49,7 +49,8 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint,
-                              decide_allocation, fold_records, merge_outcomes, poison_letter, record_source, rescore)
+                              DecodedBatch, apply_decoded, decide_allocation, decode_records, fold_records,
+                              merge_outcomes, poison_letter, record_source, rescore)
 from streams.policy import IngestPolicy
 from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
                            ScoreStore)
@@ -217,6 +218,8 @@ class WorkerCore:
         self._backoff_max_s = backoff_max_s
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-decode")  # pure: no store
+        self._inflight: asyncio.Future[BatchOutcome] | None = None  # the batch whose store write is under way
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
         self._window = _Window()
@@ -233,6 +236,7 @@ class WorkerCore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     @property
     def status(self) -> str:
@@ -281,11 +285,14 @@ class WorkerCore:
     def drop_window(self) -> None:
         """Forget the folded batches not yet rescored: the store lost them and they will be read again."""
         self._window = _Window()
+        if self._inflight is not None:
+            self._inflight.cancel()
+            self._inflight = None
 
     @property
     def pending(self) -> bool:
         """Whether folded batches wait for their rescoring (their offsets must not be committed yet)."""
-        return self._window.since is not None
+        return self._window.since is not None or self._inflight is not None
 
     def flush_in_s(self) -> float:
         """Seconds until the pending window is due for rescoring (0: due now; ``inf``: nothing pending)."""
@@ -297,17 +304,59 @@ class WorkerCore:
     async def fold(self, records: Sequence[Record]) -> BatchOutcome:
         """Ingest and fold one polled batch, publish its dead letters; its rescoring joins the pending window.
 
+        :meth:`begin_fold` then :meth:`settle`.
+
         Raises
         ------
         Stopped
             As :meth:`handle`.
         """
-        m = self.ctx.metrics
+        await self.begin_fold(records)
+        outcome = await self.settle()
+        assert outcome is not None  # noqa: S101 - begin_fold left a batch in flight
+        return outcome
+
+    async def begin_fold(self, records: Sequence[Record]) -> None:
+        """Decode this batch on the decode thread while the previous batch's store write finishes, then start
+        this batch's write (on the core's thread) and return: the shell polls the next batch meanwhile.
+
+        :meth:`settle` (and :meth:`flush`) wait for the write and raise what it raised; batches are written
+        in poll order, one at a time.
+        """
         t0 = time.perf_counter()
         batch = RecordBatch(records[0].topic if records else "", [r.value for r in records],
                             [r.key for r in records], [r.partition for r in records], [r.offset for r in records],
                             [r.timestamp or 0 for r in records])
-        outcome = await self._process(batch)
+        decode = partial(decode_records, batch, self.ctx.clock(), self.policy)
+        decoded: DecodedBatch | None
+        try:
+            decoded = await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
+        except Exception:  # noqa: BLE001 - the sequential path retries, splits and dead-letters what fails
+            decoded = None
+        await self.settle()
+        self._inflight = asyncio.ensure_future(self._write(batch, decoded, t0))
+        if not self.ctx.settings.worker.overlap_writes:
+            self._inflight = asyncio.ensure_future(_done(await self._inflight))
+
+    async def settle(self) -> BatchOutcome | None:
+        """Wait for the batch in flight, if any (its write and its dead letters); its outcome."""
+        task, self._inflight = self._inflight, None
+        return await task if task is not None else None
+
+    async def _write(self, batch: RecordBatch, decoded: DecodedBatch | None, t0: float) -> BatchOutcome:
+        ctx, m = self.ctx, self.ctx.metrics
+        outcome: BatchOutcome | None = None
+        if decoded is not None:
+            try:
+                outcome = await self._retrying(
+                    partial(apply_decoded, decoded, ctx.features, ctx.registry, now=ctx.clock(), policy=self.policy),
+                    f"batch failed topic={batch.topic} offsets {batch.offsets[0]}..{batch.offsets[-1]}")
+            except (Stopped, StoreRestarted):
+                raise
+            except Exception:  # noqa: BLE001 - again from the start, split until the culprit is found
+                outcome = None
+        if outcome is None:
+            outcome = await self._process(batch)
         await self._publish(self.outputs.dead_letters, [(d.key or "", d) for d in outcome.dead_letters],
                             refused=_without_payload)
         m.batches.inc()
@@ -336,6 +385,7 @@ class WorkerCore:
             As :meth:`handle` (the window stays uncommitted: it is redelivered).
         """
         ctx, m = self.ctx, self.ctx.metrics
+        await self.settle()  # the batch in flight belongs to this window
         window, self._window = self._window, _Window()
         if window.since is None:
             return []
@@ -512,6 +562,10 @@ class WorkerCore:
             return outcome.summary
 
 
+async def _done(outcome: BatchOutcome) -> BatchOutcome:
+    return outcome
+
+
 def _without_payload(dead: DeadLetter, exc: Exception) -> DeadLetter:
     """The dead letter without its raw bytes, for a broker that refuses it as it is (kept: reason and coordinates)."""
     note = f"raw payload ({len(dead.raw_base64)} base64 characters) not kept: the broker refused it ({exc})"
@@ -606,10 +660,14 @@ class IngestLoop:
         while True:
             if self._stopping.is_set():  # finish the window in flight: its offsets are committed
                 if core.pending:
-                    await core.flush()
+                    try:
+                        await core.flush()
+                    except StoreRestarted:  # the store lost the window's writes: commit nothing, it is read again
+                        return
                     await self._commit(pending)
                 return
-            wait_ms = within_ms if not core.pending else min(within_ms, int(core.flush_in_s() * 1000))
+            due_s = core.flush_in_s()  # inf: nothing waits for rescoring yet (a write may be in flight)
+            wait_ms = within_ms if due_s == float("inf") else min(within_ms, int(due_s * 1000))
             try:
                 batch = await consumer.getmany(timeout_ms=wait_ms, max_records=worker.batch_size)
             except KafkaError as exc:  # the consumer reconnects by itself; say so and wait
@@ -619,33 +677,33 @@ class IngestLoop:
             delay = BACKOFF_FIRST_S
             records = [msg for msgs in batch.values() for msg in msgs]
             self.catching_up = self._behind(consumer, batch) > worker.batch_size
-            if self._recheck:  # started, or partitions assigned: resume them where the store has everything
-                self._recheck = False
-                if core.pending:
+            try:
+                if self._recheck:  # started, or partitions assigned: resume them where the store has everything
+                    self._recheck = False
+                    if core.pending:
+                        await core.flush()
+                        await self._commit(pending)
+                        pending = {}
+                    await self._rewind(batch, "partitions assigned")  # this batch is read again
+                    continue
+                if records:
+                    self._idle.clear()
+                    # decoded while the previous batch's write finishes; written while the next one is polled
+                    await core.begin_fold(records)
+                    pending.update({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
+                if core.pending and (not records or core.flush_in_s() <= 0):
                     await core.flush()
                     await self._commit(pending)
                     pending = {}
-                await self._rewind(batch, "partitions assigned")  # this batch is read again
-                continue
-            if records:
-                self._idle.clear()
-                try:
-                    await core.fold(records)
-                except StoreRestarted as exc:  # the window's writes may be lost too: all is read again
-                    core.drop_window()
-                    pending = {}
-                    await self._rewind(batch, exc)
                     self._idle.set()
-                    continue
-                pending.update({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
-            if core.pending and (not records or core.flush_in_s() <= 0):
-                await core.flush()
-                await self._commit(pending)
+                elif not records and not core.pending and time.monotonic() >= next_sync:
+                    await self._sync()
+                    next_sync = time.monotonic() + SYNC_EVERY_S
+            except StoreRestarted as exc:  # the window's writes may be lost too: all is read again
+                core.drop_window()
                 pending = {}
+                await self._rewind(batch, exc)
                 self._idle.set()
-            elif not records and not core.pending and time.monotonic() >= next_sync:
-                await self._sync()
-                next_sync = time.monotonic() + SYNC_EVERY_S
 
     @staticmethod
     def _behind(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> int:

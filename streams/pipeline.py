@@ -404,12 +404,28 @@ def fold_records(batch: RecordBatch, features: FeatureStore, registry: Enterpris
                  policy: IngestPolicy = DEFAULT_POLICY) -> BatchOutcome:
     """Ingest and fold a polled batch given as columns (the worker's hot path; no scoring).
 
-    The vectorised decoder (:func:`streams.columns.decode_batch`) takes the canonical messages as
-    columns; every other message goes through :func:`ingest` (the published schema, then the policy),
-    and the valid ones join the columns in message order. One :meth:`FeatureStore.apply_columns`
-    judges and folds them all; the events it refuses become dead letters, and the watermark moves with
-    the rest (:func:`streams.eventtime` quorum over ``registry``'s clients).
+    :func:`decode_records` (pure: no store) then :func:`apply_decoded` (the store): the vectorised decoder
+    (:func:`streams.columns.decode_batch`) takes the canonical messages as columns; every other message goes
+    through :func:`ingest` (the published schema, then the policy), and the valid ones join the columns in
+    message order. One :meth:`FeatureStore.apply_columns` judges and folds them all; the events it refuses
+    become dead letters, and the watermark moves with the rest (:func:`streams.eventtime` quorum over
+    ``registry``'s clients). The worker runs the two steps on two threads, so that the store write of one
+    batch overlaps the decoding of the next.
     """
+    return apply_decoded(decode_records(batch, now, policy), features, registry, now=now, policy=policy)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A polled batch decoded: its valid events as columns, and the dead letters of the others (by message index)."""
+
+    batch: RecordBatch
+    cols: InvoiceColumns
+    dead: list[tuple[int, DeadLetter]]
+
+
+def decode_records(batch: RecordBatch, now: dt.datetime, policy: IngestPolicy = DEFAULT_POLICY) -> DecodedBatch:
+    """The first, pure half of :func:`fold_records`: decode and validate, no store."""
     n = len(batch)
     if policy.fast_decode:
         cols, slow = decode_batch(batch, now, policy)
@@ -431,6 +447,14 @@ def fold_records(batch: RecordBatch, features: FeatureStore, registry: Enterpris
             extra = columns_from_events(events, rows, batch.topic, [batch.partitions[i] for i in rows],
                                         [batch.offsets[i] for i in rows])
             cols = InvoiceColumns.concat([cols, extra], batch.topic)
+    return DecodedBatch(batch, cols, dead)
+
+
+def apply_decoded(decoded: DecodedBatch, features: FeatureStore, registry: EnterpriseRegistry, *, now: dt.datetime,
+                  policy: IngestPolicy = DEFAULT_POLICY) -> BatchOutcome:
+    """The second half of :func:`fold_records`: fold into the store, dead-letter what it refuses, move the watermark."""
+    batch, cols, dead = decoded.batch, decoded.cols, list(decoded.dead)
+    n = len(batch)
     if not len(cols):
         return BatchOutcome(0, [d for _, d in dead], ApplyResult(frozenset(), frozenset(), 0, 0, features.watermark()),
                             [], n)

@@ -104,6 +104,7 @@ class WorkerSettings(_Section):
     #: Rescore the enterprises the folded batches touched at most once per this many seconds (0: after every batch);
     #: features are still folded per batch, and offsets are committed once the window's scores are acknowledged.
     rescore_within_s: float = Field(default=5.0, ge=0)
+    overlap_writes: bool = True  # write batch n to Redis while batch n + 1 is decoded (False: one after the other)
     score_batch_size: int = Field(default=512, ge=1)
     metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0: no HTTP server
     web_port: int = Field(default=6066, ge=1, le=65535)  # faust's own web server (/health lives here too)
