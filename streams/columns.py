@@ -181,17 +181,26 @@ def _read(lines: Sequence[bytes], joined: bytes | None = None) -> pa.Table | Non
     return table if table.num_rows == len(lines) else None  # a line of two objects: not one row each
 
 
-def _read_split(lines: Sequence[bytes], index: np.ndarray,
-                joined: bytes | None = None) -> tuple[list[pa.Table], list[np.ndarray], list[int]]:
-    """Read ``lines``; when the reader refuses the block, halve it until the refused lines stand alone."""
+#: Reader calls one batch may spend finding the messages the reader refuses; beyond it, the rest of a refused
+#: block goes to the general path whole (a producer whose every message takes another valid spelling, e.g.
+#: numbers for amounts, must not cost a bisection per message on top of pydantic).
+MAX_SPLIT_READS: Final = 32
+
+
+def _read_split(lines: Sequence[bytes], index: np.ndarray, joined: bytes | None = None,
+                budget: list[int] | None = None) -> tuple[list[pa.Table], list[np.ndarray], list[int]]:
+    """Read ``lines``; when the reader refuses the block, halve it until the refused lines stand alone (or the
+    batch's :data:`MAX_SPLIT_READS` are spent: then the refused block goes to the general path whole)."""
+    budget = [MAX_SPLIT_READS] if budget is None else budget
     table = _read(lines, joined)
     if table is not None:
         return [table], [index], []
-    if len(lines) == 1:
-        return [], [], [int(index[0])]
+    if len(lines) == 1 or budget[0] <= 0:
+        return [], [], index.tolist()
+    budget[0] -= 2
     mid = len(lines) // 2
-    t1, i1, s1 = _read_split(lines[:mid], index[:mid])
-    t2, i2, s2 = _read_split(lines[mid:], index[mid:])
+    t1, i1, s1 = _read_split(lines[:mid], index[:mid], None, budget)
+    t2, i2, s2 = _read_split(lines[mid:], index[mid:], None, budget)
     return t1 + t2, i1 + i2, s1 + s2
 
 

@@ -125,6 +125,21 @@ def test_dates_that_do_not_exist_and_odd_spellings_take_the_general_path() -> No
     _same_outcome(batch)
 
 
+def test_a_producer_with_another_valid_spelling_costs_a_bounded_number_of_reads(monkeypatch) -> None:
+    import streams.columns as columns
+
+    calls = []
+    real = columns._read
+    monkeypatch.setattr(columns, "_read", lambda lines, joined=None: calls.append(len(lines)) or real(lines, joined))
+    base = json.dumps(VALID, separators=(",", ":"))
+    values = [base.replace("E1-out-1-0", f"n{i}").replace('"100.00"', "100").encode() for i in range(400)]  # numbers
+    batch = _batch(values)
+    cols, slow = decode_batch(batch, NOW, FAST)
+    assert len(cols) == 0 and slow == list(range(400))
+    assert len(calls) <= 1 + columns.MAX_SPLIT_READS + 2  # not one bisection per message
+    _same_outcome(batch)  # pydantic takes them all: valid, with the same state
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(_messages(), min_size=1, max_size=40), st.randoms(use_true_random=False))
 def test_hypothesis_batches_get_the_same_verdicts_and_state(messages: list[bytes], rnd: object) -> None:
