@@ -160,7 +160,7 @@ class ApplyResult:
     ``duplicates`` counts Kafka redeliveries and producer re-sends (nothing changed);
     ``rejected`` lists ``(index into events, reason)`` of the events that must become dead
     letters (:data:`streams.ports.DEAD_LETTER_VERDICTS`: ``conflicting_redelivery``,
-    ``outside_dedup_window``); :func:`dead_letters_for` makes them.
+    ``outside_dedup_window``); :func:`apply_decoded` makes their dead letters.
     """
 
     touched: frozenset[str]
@@ -232,18 +232,6 @@ def apply_events(store: FeatureStore, events: Sequence[InvoiceEvent],
         watermark=watermark,
         rejected=rejected,
     )
-
-
-def dead_letters_for(result: ApplyResult, raws: Sequence[bytes | str | Mapping[str, object]],
-                     sources: Sequence[Source], now: dt.datetime,
-                     policy: IngestPolicy = DEFAULT_POLICY) -> list[DeadLetter]:
-    """The dead letters of the events the store refused (``result.rejected``), from their raw messages."""
-    out = []
-    for index, reason in result.rejected:
-        why = _REFUSED_WHY.get(reason, reason)
-        out.append(dead_letter(raws[index], sources[index], reason, why, now,  # type: ignore[arg-type]
-                               max_bytes=policy.max_dead_letter_bytes))
-    return out
 
 
 # --------------------------------------------------------------------------- scoring
