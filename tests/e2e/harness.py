@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -187,6 +188,38 @@ def publish(deployment: Deployment, records: list[Any], *, rate: float | None = 
     settings = deployment.settings()
     return asyncio.run(replay_publish(records, settings, settings.topics.invoices, rate=rate, speed=None,
                                       progress=False))
+
+
+class GatedPublisher:
+    """Publish a slice in two parts: the first half at once, the second only after :meth:`release`.
+
+    A test that kills something "mid-replay" waits for part of the first half to be applied, kills, then
+    releases: the second half cannot have been applied before the kill, however fast the worker folds
+    (a rate-limited publisher raced a worker that applies a whole backlog in one batch; CI of 3e5bcb6).
+    """
+
+    def __init__(self, deployment: Deployment, records: list[Any], *, rate: float | None = 1500.0) -> None:
+        self.first, self.rest = records[: len(records) // 2], records[len(records) // 2:]
+        self._gate = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(deployment, rate), daemon=True)
+
+    def _run(self, deployment: Deployment, rate: float | None) -> None:
+        publish(deployment, self.first, rate=rate)
+        self._gate.wait()
+        publish(deployment, self.rest, rate=rate)
+
+    def start(self) -> GatedPublisher:
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Release the second half (if not yet) and wait; True when everything was published."""
+        self.release()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
 
 def read(deployment: Deployment, topic: str) -> list[tuple[str | None, bytes, int]]:

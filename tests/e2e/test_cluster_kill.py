@@ -39,7 +39,7 @@ from streams.replay import ReplayRecord, replay_records
 from streams.settings import KafkaSettings, RedisSettings
 from tests.bundle_fixture import get_test_bundle
 from tests.e2e.clusters import LocalCluster, start_cluster
-from tests.e2e.harness import ROOT, Deployment, WorkerProcess, publish, read, wait_for
+from tests.e2e.harness import ROOT, Deployment, GatedPublisher, WorkerProcess, read, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -176,19 +176,18 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
     try:
         worker.wait_ready(timeout_s=180)
         with _Progress(lambda: _applied(client, prefix)) as progress:
-            publisher = threading.Thread(target=publish, args=(d, records), kwargs={"rate": 1500}, daemon=True)
-            publisher.start()
+            publisher = GatedPublisher(d, records).start()
             wait_for(lambda: _applied(client, prefix) >= n_valid // 3, 120, "a third applied", worker, every_s=0.05)
             killed_at = time.monotonic()
             killed_at_ms = time.time() * 1000
             kafka_cluster.sigkill(victim)
             at_kill = _applied(client, prefix)
-            assert at_kill < n_valid, "the replay finished before the kill; the test proves nothing"
+            assert at_kill <= len(publisher.first) < n_valid
+            publisher.release()
             t_bad = time.monotonic()
             asyncio.run(_send_raw(settings.kafka, topics.invoices, BAD_MESSAGES))  # acknowledged by the survivors
             bad_acked_s = time.monotonic() - t_bad
-            publisher.join(240)
-            assert not publisher.is_alive(), "the replay did not finish within 240 s of the kill"
+            assert publisher.join(240), "the replay did not finish within 240 s of the kill"
             wait_for(lambda: _applied(client, prefix) == n_valid, 240, "all invoices applied after the kill", worker)
             pause_s = progress.longest_pause_s(killed_at, n_valid)
         wait_for(lambda: (h := worker.health()) and h["processed"] >= len(records) + len(BAD_MESSAGES), 60,
@@ -354,13 +353,12 @@ def test_sigkill_one_redis_master_mid_replay(redis_cluster_for_worker: LocalClus
     try:
         worker.wait_ready(timeout_s=180)
         with _Progress(lambda: _applied(client, prefix)) as progress:
-            publisher = threading.Thread(target=publish, args=(d, records), kwargs={"rate": 1500}, daemon=True)
-            publisher.start()
+            publisher = GatedPublisher(d, records).start()
             wait_for(lambda: _applied(client, prefix) >= n_valid // 3, 120, "a third applied", worker, every_s=0.05)
             killed_at = time.monotonic()
             killed_at_ms = time.time() * 1000
             cluster.sigkill(victim)
-            publisher.join(240)
+            assert publisher.join(240), "the replay did not finish within 240 s of the kill"
             wait_for(lambda: _safe_applied(client, prefix) == n_valid, 240, "all invoices applied after the kill", worker)
             pause_s = progress.longest_pause_s(killed_at, n_valid)
         result = wait_for(lambda: (r := worker.allocate()) and r.get("ran") and r, 120, "a forced allocation", worker)
