@@ -33,6 +33,15 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "cumcm2020c
 _CHINA = dt.timezone(dt.timedelta(hours=8))
 
 
+#: The columns of an invoice file that every reader needs (others are ignored).
+INVOICE_COLUMNS = ("enterprise_id", "direction", "invoice_no", "date", "counterparty_id", "amount", "tax", "total",
+                   "status")
+
+
+class InvoiceFileError(ValueError):
+    """The invoice file cannot be read as invoices (its header lacks a column): one line saying what to fix."""
+
+
 @dataclass(frozen=True, slots=True)
 class RejectedRow:
     """A source row that is not a valid invoice event, and why."""
@@ -57,15 +66,25 @@ def validation_reason(error: ValidationError) -> str:
 
 
 def iter_invoice_rows(data_dir: Path = DEFAULT_DATA_DIR) -> Iterator[tuple[int, dict[str, str]]]:
-    """Raw rows of ``invoices.csv.gz`` (or ``invoices.csv``) with their 1-based line numbers."""
+    """Raw rows of ``invoices.csv.gz`` (or ``invoices.csv``) with their 1-based line numbers.
+
+    A UTF-8 byte-order mark is read as such (spreadsheet exports write one). A header without
+    one of :data:`INVOICE_COLUMNS` raises :class:`InvoiceFileError` before any row is read.
+    """
     path = data_dir / "invoices.csv.gz"
     opener = gzip.open if path.exists() else open
     if not path.exists():
         path = data_dir / "invoices.csv"
     if not path.exists():
         raise FileNotFoundError(f"no invoices.csv.gz or invoices.csv in {data_dir}")
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in INVOICE_COLUMNS if c not in header]
+        if missing:
+            raise InvoiceFileError(f"{path}: the header has no {', '.join(missing)} column"
+                                   f"{'s' if len(missing) > 1 else ''} (it reads: {','.join(header)[:200]})")
+        for line, row in enumerate(reader, start=2):
             yield line, row
 
 

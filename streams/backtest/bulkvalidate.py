@@ -28,12 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from streams.dataset import RejectedRow, iter_events, validate_row
+from streams.dataset import INVOICE_COLUMNS, RejectedRow, iter_events, validate_row
 from streams.events import InvoiceEvent, MIN_ISSUE_DATE
 
 #: The source columns ``streams.dataset.row_to_payload`` reads.
-SOURCE_COLUMNS = ("enterprise_id", "direction", "invoice_no", "date", "counterparty_id", "amount", "tax", "total",
-                  "status")
+SOURCE_COLUMNS = INVOICE_COLUMNS
 #: The cache's columns, in order.
 EVENT_SCHEMA = pa.schema([*((name, pa.string()) for name in (
     "event_id", "enterprise_id", "direction", "invoice_no", "counterparty_id", "amount", "tax", "total", "status",

@@ -7,32 +7,23 @@ file opens offline. Every plot's table is written beside it as CSV.
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import datetime as dt
 import html
-import io
 import json
-import math
 import multiprocessing
-import os
 import pickle
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from models.schema import RATINGS  # noqa: E402
-from streams.alerts import count_by_rule  # noqa: E402
-from streams.backtest.analysis import group_table, vintage_table  # noqa: E402
-from streams.backtest.run import BacktestResult, RunResult  # noqa: E402
+from streams.alerts import count_by_rule
+from streams.backtest.analysis import group_table, vintage_table
+from streams.backtest.run import BacktestResult, RunResult
 
 #: The figure ids every report contains (the report test checks each one).
 FIGURES: tuple[str, ...] = (
@@ -48,48 +39,6 @@ FIGURES: tuple[str, ...] = (
 )
 SCENARIO_FIGURE = "scenario-diff"
 _MILLION = 1e6
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _png_of_pickle(data: bytes) -> str:
-    """:func:`_png` of a pickled figure (in a child process of this one)."""
-    return _png(pickle.loads(data))  # noqa: S301 - bytes from our own parent process, never from outside
-
-
-class _Renderer:
-    """Renders figures to base64 PNG, every other one in a forked child process when two cores are there.
-
-    Drawing a figure (Agg, text layout) is most of a report's time and one figure does not
-    depend on another, so two processes take about half as long. The child gets the built
-    figure pickled (no file, never persisted) and returns the PNG; the figures are the same.
-    """
-
-    def __init__(self, parallel: bool) -> None:
-        self._pool: ProcessPoolExecutor | None = None
-        if parallel and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
-        self._n = 0
-
-    def __call__(self, fig: Any) -> str | Future[str]:
-        self._n += 1
-        if self._pool is None or self._n % 2:
-            return _png(fig)
-        data = pickle.dumps(fig)
-        plt.close(fig)
-        return self._pool.submit(_png_of_pickle, data)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-
-Rendered = str | Future[str]
 
 
 def lines_table(run: RunResult) -> pd.DataFrame:
@@ -168,145 +117,6 @@ def early_flags_frame(result: BacktestResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["enterprise_id", "rating", "first_flagged", "first_flagged_rating_hidden"])
 
 
-def _stacked(render: _Renderer, table: pd.DataFrame, column: str, title: str,
-             order: Sequence[str] | None = None) -> Rendered:
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    lent = table[table["amount_yuan"] > 0]
-    pivot = lent.pivot_table(index="as_of", columns=column, values="amount_yuan", aggfunc="sum", fill_value=0.0)
-    pivot = pivot.reindex(sorted(table["as_of"].unique()), fill_value=0.0)
-    cols = [c for c in (order or sorted(pivot.columns)) if c in pivot.columns]
-    bottom = np.zeros(len(pivot))
-    for c in cols:
-        ax.bar(pivot.index, pivot[c] / _MILLION, bottom=bottom, label=str(c))
-        bottom += pivot[c].to_numpy() / _MILLION
-    ax.set_ylabel("million yuan")
-    ax.set_title(title)
-    if cols:
-        ax.legend(fontsize=7, ncol=min(len(cols), 5))
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    return render(fig)
-
-
-def render_figures(result: BacktestResult, *, parallel: bool = True) -> dict[str, str]:
-    """Every figure of the report as base64 PNG, keyed by figure id (``parallel``: in two processes)."""
-    render = _Renderer(parallel)
-    try:
-        figs = _figures(result, render)
-        return {fid: fig if isinstance(fig, str) else fig.result() for fid, fig in figs.items()}
-    finally:
-        render.close()
-
-
-def _figures(result: BacktestResult, render: _Renderer) -> dict[str, Rendered]:
-    run = result.base
-    table = lines_table(run)
-    summary = summary_table(run)
-    figs: dict[str, Rendered] = {}
-    figs["lines-by-rating"] = _stacked(render, table, "rating", "Credit lines by rating", RATINGS)
-    figs["lines-by-segment"] = _stacked(render, table, "segment", "Credit lines by segment")
-
-    x = summary["as_of"].tolist() if len(summary) else []
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    if x:
-        ax.plot(x, summary["total_lent"] / _MILLION, "o-", label="riskmon")
-        ax.plot(x, summary["total_lent_rules"] / _MILLION, "s--", label="rules (paper 000)")
-        ax.plot(x, summary["total_lent_flat"] / _MILLION, "^:", label="everyone, flat rate")
-    ax.axhline(result.config.budget_yuan / _MILLION, color="k", lw=1, label="budget")
-    ax.set_ylabel("million yuan")
-    ax.set_title("Total lent vs budget")
-    ax.legend(fontsize=7)
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    figs["lent-vs-budget"] = render(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    if x:
-        ax.plot(x, summary["expected_profit"] / 1e4, "o-", label="riskmon expected (all lines)")
-        ax.plot(x, summary["realised_profit"] / 1e4, "o--", label="riskmon realised (labeled)")
-        ax.plot(x, summary["realised_profit_rules"] / 1e4, "s--", label="rules realised")
-        ax.plot(x, summary["realised_profit_flat"] / 1e4, "^:", label="everyone realised")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylabel("ten-thousand yuan")
-    ax.set_title("Expected vs realised profit")
-    ax.legend(fontsize=7)
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    figs["profit"] = render(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharey=True)
-    for ax, attr, title in ((axes[0], "discrimination", "known rating given"),
-                            (axes[1], "discrimination_blind", "rating hidden from the model")):
-        for d in run.dates:
-            disc = getattr(d, attr)
-            if not math.isnan(disc.auc):
-                ax.plot(disc.fpr, disc.tpr, lw=1, label=f"{d.as_of} AUC {disc.auc:.2f}")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.5)
-        ax.set_xlabel("false positive rate")
-        ax.set_title(f"ROC, {title}", fontsize=9)
-        ax.legend(fontsize=5)
-    axes[0].set_ylabel("true positive rate")
-    figs["roc"] = render(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    if x:
-        ax.plot(x, summary["auc"].astype(float), "o-", label="AUC, known rating given")
-        ax.plot(x, summary["ks"].astype(float), "s-", label="KS, known rating given")
-        ax.plot(x, summary["auc_blind"].astype(float), "o--", label="AUC, rating hidden")
-        ax.plot(x, summary["ks_blind"].astype(float), "s--", label="KS, rating hidden")
-        ax.plot(x, summary["auc_challenger"].astype(float), "d:", label="AUC, challenger (per-rating rate)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Default model discrimination as of each date")
-    ax.legend(fontsize=7)
-    ax.tick_params(axis="x", rotation=45, labelsize=7)
-    figs["auc-ks"] = render(fig)
-
-    psi = psi_frame(result)
-    fig, ax = plt.subplots(figsize=(9, 7))
-    if len(psi):
-        grid = psi.assign(step=psi["to"]).pivot_table(index="feature", columns="step", values="psi")
-        im = ax.imshow(np.clip(grid.to_numpy(), 0, 1), aspect="auto", cmap="magma_r", vmin=0, vmax=1)
-        ax.set_yticks(range(len(grid.index)), grid.index, fontsize=6)
-        ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=6, rotation=45)
-        fig.colorbar(im, ax=ax, label="PSI vs previous date (clipped at 1)")
-    ax.set_title("Feature drift: PSI between consecutive as-of dates")
-    figs["psi"] = render(fig)
-
-    alarms = alarms_frame(result)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    months = list(result.drift.total_sales)
-    labels = [_month_label(m) for m in months]
-    ax1.plot(labels, [result.drift.total_sales[m] / _MILLION for m in months], "-", lw=1)
-    for _, a in alarms[alarms["series"] == "total_sales"].iterrows():
-        if a["month"] in labels:
-            ax1.axvline(labels.index(a["month"]), color="r" if a["detector"] == "adwin" else "m", lw=1, ls="--")
-    ax1.set_ylabel("total sales, M yuan")
-    ax1.set_title("Monthly sales and River drift alarms (dashed: portfolio alarms)")
-    per_month = alarms[alarms["series"] != "total_sales"].groupby("month").size()
-    ax2.bar(labels, [int(per_month.get(m, 0)) for m in labels])
-    ax2.set_ylabel("enterprise alarms")
-    ax2.tick_params(axis="x", rotation=90, labelsize=6)
-    figs["drift-alarms"] = render(fig)
-
-    groups = groups_frame(result)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    by_rating = groups[groups["by"] == "rating"] if len(groups) else groups
-    for rating in RATINGS:
-        part = by_rating[by_rating["group"] == rating] if len(by_rating) else by_rating
-        if len(part):
-            ax1.plot(part["as_of"], part["expected_profit_yuan"] / 1e4, "o-", label=rating)
-            ax2.plot(part["as_of"], part["realised_profit_yuan"] / 1e4, "o--", label=rating)
-    ax1.set_title("Expected profit by rating")
-    ax2.set_title("Realised profit by rating (labeled)")
-    ax1.set_ylabel("ten-thousand yuan")
-    for ax in (ax1, ax2):
-        ax.axhline(0, color="k", lw=0.5)
-        ax.tick_params(axis="x", rotation=45, labelsize=7)
-        ax.legend(fontsize=7)
-    figs["profit-by-rating"] = render(fig)
-
-    if result.shocked is not None:
-        figs[SCENARIO_FIGURE] = _scenario_figure(result, render)
-    return figs
-
-
 def vintages_frame(result: BacktestResult) -> pd.DataFrame:
     """Lines opened per as-of date and how they turned out (:func:`streams.backtest.analysis.vintage_table`)."""
     if result.churn is None:
@@ -319,26 +129,6 @@ def groups_frame(result: BacktestResult) -> pd.DataFrame:
     if result.churn is None:
         return pd.DataFrame(columns=["as_of", "by", "group", "expected_profit_yuan", "realised_profit_yuan"])
     return group_table(result.base, result.outcomes, result.churn, lgd=result.config.lgd)
-
-
-def _scenario_figure(result: BacktestResult, render: _Renderer) -> Rendered:
-    if result.shocked is None:
-        raise ValueError("no scenario run to plot")
-    base, shock = summary_table(result.base), summary_table(result.shocked)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(base["as_of"], base["total_lent"] / _MILLION, "o-", label="base")
-    ax1.plot(shock["as_of"], shock["total_lent"] / _MILLION, "s--", label=result.scenario.name if result.scenario else "scenario")
-    ax1.set_title("Total lent")
-    ax1.set_ylabel("million yuan")
-    ax1.legend(fontsize=7)
-    ax1.tick_params(axis="x", rotation=45, labelsize=7)
-    ax2.plot(base["as_of"], base["realised_profit"] / 1e4, "o-", label="base realised")
-    ax2.plot(shock["as_of"], shock["realised_profit"] / 1e4, "s--", label="scenario realised")
-    ax2.plot(shock["as_of"], shock["expected_profit"] / 1e4, "^:", label="scenario expected")
-    ax2.set_title("Profit, ten-thousand yuan")
-    ax2.legend(fontsize=7)
-    ax2.tick_params(axis="x", rotation=45, labelsize=7)
-    return render(fig)
 
 
 def summary_json(result: BacktestResult, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -485,9 +275,19 @@ def roc_frame(result: BacktestResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["as_of", "ratings", "fpr", "tpr"])
 
 
-def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``report.html``, ``summary.json`` and the CSV tables into ``out_dir``; returns the paths."""
+#: Starts drawing a result's figures and returns how to wait for them (:meth:`FigureProcess.submit`).
+StartFigures = Callable[[BacktestResult], Callable[[], dict[str, str]]]
+
+
+def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any] | None = None, *,
+                 figures: StartFigures | None = None) -> dict[str, Path]:
+    """Write ``report.html``, ``summary.json`` and the CSV tables into ``out_dir``; returns the paths.
+
+    ``figures`` (e.g. a :class:`FigureProcess`'s ``submit``) draws the figures elsewhere while the
+    tables are written; without it they are drawn here (:func:`streams.backtest.figures.render_figures`).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    wait_for_figures = figures(result) if figures is not None else None
     paths: dict[str, Path] = {}
 
     def csv(name: str, frame: pd.DataFrame) -> None:
@@ -511,8 +311,13 @@ def write_report(result: BacktestResult, out_dir: Path, extra: Mapping[str, Any]
     summary = summary_json(result, extra)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     paths["summary.json"] = out_dir / "summary.json"
-    figures = render_figures(result)
-    (out_dir / "report.html").write_text(render_html(result, figures), encoding="utf-8")
+    if wait_for_figures is not None:
+        pngs = wait_for_figures()
+    else:
+        from streams.backtest.figures import render_figures
+
+        pngs = render_figures(result)
+    (out_dir / "report.html").write_text(render_html(result, pngs), encoding="utf-8")
     paths["report.html"] = out_dir / "report.html"
     return paths
 
@@ -523,3 +328,86 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ReplayCounts:
+    """What the figures and the page read of a run's replay: its counts (not its states)."""
+
+    n_events: int
+    n_duplicates: int
+
+
+def for_figures(result: BacktestResult) -> BacktestResult:
+    """``result`` without the replays' states and scoring inputs, which no figure reads (smaller to send)."""
+
+    def slim(run: RunResult) -> RunResult:
+        return RunResult(_ReplayCounts(run.replay.n_events, run.replay.n_duplicates), run.dates)  # type: ignore[arg-type]
+
+    return dataclasses.replace(result, base=slim(result.base),
+                               shocked=slim(result.shocked) if result.shocked is not None else None)
+
+
+class FigureProcess:
+    """Draws a backtest's figures in a process forked now, which imports matplotlib while this one works.
+
+    Start it early (before the data work); :meth:`submit` sends the finished result (pickled,
+    through a pipe, never to disk) and returns a function that waits for the PNGs. The
+    figures are :func:`streams.backtest.figures.render_figures`'s, byte for byte. A process
+    that is never sent a result ends when :meth:`close` is called or this one exits.
+    """
+
+    def __init__(self, *, parallel: bool = True) -> None:
+        context = multiprocessing.get_context("fork")
+        self._conn, child = context.Pipe(duplex=True)
+        # not a daemon: it forks a second drawing process of its own
+        self._process = context.Process(target=_draw_in_child, args=(child, self._conn, parallel),
+                                        name="backtest-figures")
+        self._process.start()
+        child.close()
+        self.drew_there = False  # whether the last result was sent to the process (not drawn here)
+
+    def submit(self, result: BacktestResult) -> Callable[[], dict[str, str]]:
+        try:
+            data = pickle.dumps(for_figures(result))
+        except (pickle.PicklingError, AttributeError, TypeError):  # e.g. a churn function defined in a function
+            self.close()
+            from streams.backtest.figures import render_figures
+
+            return lambda: render_figures(result)
+        self._conn.send_bytes(data)
+        self.drew_there = True
+
+        def wait() -> dict[str, str]:
+            try:
+                ok, value = self._conn.recv()
+            except EOFError:
+                self._process.join()
+                raise RuntimeError(f"the process drawing the figures died (exit {self._process.exitcode})") from None
+            finally:
+                self.close()
+            if not ok:
+                raise value
+            return value  # type: ignore[no-any-return]
+
+        return wait
+
+    def close(self) -> None:
+        self._conn.close()  # a child still waiting for a result reads EOF and exits
+        self._process.join()
+
+
+def _draw_in_child(conn: Any, parent_end: Any, parallel: bool) -> None:
+    parent_end.close()  # the fork's copy: the parent closing its end must reach this process as EOF
+    from streams.backtest.figures import render_figures  # matplotlib: imported here, beside the parent's work
+
+    try:
+        result = conn.recv()
+    except EOFError:  # never sent a result
+        return
+    try:
+        conn.send((True, render_figures(result, parallel=parallel)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        conn.send((False, exc))
+    finally:
+        conn.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.cli import UserError, add_bundle_trust_arguments, load_settings, load_trusted_bundle
-from streams.dataset import DEFAULT_DATA_DIR
+from streams.dataset import DEFAULT_DATA_DIR, InvoiceFileError
 
 SOLVERS = ("exact", "anneal", "rules")
 ENGINES = ("columnar", "spark", "events")
@@ -136,14 +136,29 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise UserError(f"unknown enterprises: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     with _progress(not args.no_progress) as progress:
-        # the columnar engine reads, validates and folds in a child process while this one imports torch
-        # and matplotlib and loads the bundle
+        # the columnar engine reads, validates and folds in a child process, and the figures are drawn in another
+        # that imports matplotlib now (this one never does), while this one imports torch and loads the bundle
         loading = _Background(args, wanted, progress) if args.engine == "columnar" else None
+        figures = None
         try:
-            return _run(args, t_start, progress, enterprises, full_registry, wanted, loading)
+            figures = _figure_process()
+            return _run(args, t_start, progress, enterprises, full_registry, wanted, loading, figures)
         finally:
+            if figures is not None:
+                figures.close()
             if loading is not None:
-                loading.join()
+                loading.close()
+
+
+def _figure_process() -> Any:
+    """A :class:`streams.backtest.report.FigureProcess` where processes can be forked, else None."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    from streams.backtest.report import FigureProcess
+
+    return FigureProcess()
 
 
 class _Background:
@@ -165,9 +180,11 @@ class _Background:
         send.close()
         self._progress = progress
         self._task = progress.add_task("reading, validating and folding the invoices", total=None)
+        self._received = False
 
     def result(self) -> _Loaded:
         try:
+            self._received = True
             ok, value = self._receive.recv()
         except EOFError:
             self._process.join()
@@ -178,6 +195,12 @@ class _Background:
         return value  # type: ignore[no-any-return]
 
     def join(self) -> None:
+        self._process.join()
+
+    def close(self) -> None:
+        """:meth:`join`, or end the child if its result was never asked for (this run failed before)."""
+        if not self._received:  # the child may be blocked sending the fold: joining would wait forever
+            self._process.terminate()
         self._process.join()
 
 
@@ -208,7 +231,7 @@ class _NoProgress:
 
 
 def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: Any, full_registry: Any,
-         wanted: set[str] | None, loading: _Background | None) -> int:
+         wanted: set[str] | None, loading: _Background | None, figures: Any = None) -> int:
     from allocator import AllocatorError, ChurnCurves
     from models.errors import ModelError
     from streams.adapters.memory import InMemoryRegistry
@@ -264,7 +287,7 @@ def _run(args: argparse.Namespace, t_start: float, progress: Any, enterprises: A
         "event_source": source, "reasons": args.reasons,
     }
     t_report = time.perf_counter()
-    paths = write_report(result, args.out, extra)
+    paths = write_report(result, args.out, extra, figures=figures.submit if figures is not None else None)
     result.timings_s["report_s"] = time.perf_counter() - t_report
     total_s = time.perf_counter() - t_start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -300,7 +323,10 @@ def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progre
     t0 = time.perf_counter()
     events: Any
     if args.no_cache:
-        events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+        try:
+            events, rejected = load_sorted_events(args.data, wanted, lambda n: progress.advance(task, n))
+        except InvoiceFileError as exc:
+            raise UserError(str(exc)) from None
         first, last = (events[0].issue_date, events[-1].issue_date) if events else (None, None)
         n_events = len(events)
     else:
@@ -308,6 +334,8 @@ def _run_events(args: argparse.Namespace, wanted: Collection[str] | None, progre
 
         try:
             cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n))
+        except InvoiceFileError as exc:
+            raise UserError(str(exc)) from None
         except OSError as exc:
             raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
         cached = cached.only(wanted)
@@ -376,6 +404,8 @@ def _load_columnar(args: argparse.Namespace, wanted: Collection[str] | None, pro
             # Spark reads the file; DuckDB folds the table in memory, and the file is written after
             cached = load_cached_events(args.data, args.cache_dir, lambda n: progress.advance(task, n),
                                         defer_write=deferred_writes)
+        except InvoiceFileError as exc:
+            raise UserError(str(exc)) from None
         except OSError as exc:
             raise UserError(f"event cache in {args.cache_dir}: {exc}") from None
         rejected_before = cached.rejected

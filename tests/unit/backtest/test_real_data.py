@@ -93,3 +93,33 @@ def test_scenario_run_reports_the_difference(slice_dir: Path, bundle_dir: Path, 
     before, after = summary["scenario"]["dates"], summary["dates"]
     assert before[0] == after[0]
     assert (tmp_path / "scenario_diff.csv").read_text().count("\n") > 1
+
+
+def test_a_byte_order_mark_is_read_and_a_missing_column_is_one_line(
+    slice_dir: Path, bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    plain = _backtest(slice_dir, bundle_dir, tmp_path / "plain", "--cache-dir", str(tmp_path / "c1"),
+                      as_of="2019-12-31,2020-02-21")
+    bom_dir = tmp_path / "bom"
+    shutil.copytree(slice_dir, bom_dir)
+    (bom_dir / "invoices.csv").write_bytes(b"\xef\xbb\xbf" + (slice_dir / "invoices.csv").read_bytes())
+    for engine in ("columnar", "events"):
+        with_bom = _backtest(bom_dir, bundle_dir, tmp_path / f"bom-{engine}", "--engine", engine,
+                             "--cache-dir", str(tmp_path / f"c-{engine}"), as_of="2019-12-31,2020-02-21")
+        assert with_bom["dates"] == plain["dates"] and with_bom["n_events"] == plain["n_events"] > 1000
+        assert (tmp_path / f"bom-{engine}" / "lines.csv").read_bytes() == (tmp_path / "plain" / "lines.csv").read_bytes()
+    broken = tmp_path / "no-status"
+    shutil.copytree(slice_dir, broken)
+    lines = (slice_dir / "invoices.csv").read_text(encoding="utf-8").splitlines()
+    (broken / "invoices.csv").write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    for engine in ("columnar", "events"):
+        code = main(["backtest", "--data", str(broken), "--bundle", str(bundle_dir), "--budget", "10000000",
+                     "--out", str(tmp_path / f"out-{engine}"), "--cache-dir", str(tmp_path / f"c2-{engine}"),
+                     "--engine", engine, "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2
+        assert err.count("\n") == 0 and "invoices.csv: the header has no status column" in err, err
+        assert not (tmp_path / f"out-{engine}" / "summary.json").exists()

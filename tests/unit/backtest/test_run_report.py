@@ -36,12 +36,16 @@ def _events() -> list:
     return sorted(events, key=lambda e: e.issue_date)
 
 
+def _quarter_churn(rate: float, rating: str) -> float:
+    return 0.25
+
+
 def _run(scenario: Scenario | None = None) -> BacktestResult:
     events = _events()
     reg = registry(*IDS, ratings={e: o.rating for e, o in OUTCOMES.items()})
     industry_of = {e: classify_name(reg.get(e).name)[0] for e in IDS}  # type: ignore[union-attr]
     dates = parse_as_of("quarterly", events[0].issue_date, events[-1].issue_date)
-    return run_backtest(events, dates, reg, FeatureScorer(), greedy_allocate, OUTCOMES, lambda r, g: 0.25,
+    return run_backtest(events, dates, reg, FeatureScorer(), greedy_allocate, OUTCOMES, _quarter_churn,
                         BacktestConfig(budget_yuan=2_000_000), scenario=scenario, industry_of=industry_of)
 
 
@@ -132,9 +136,46 @@ def test_the_report_is_one_self_contained_file_with_every_plot_and_its_tables(tm
 
 
 def test_figures_drawn_in_two_processes_are_the_figures_drawn_in_one() -> None:
-    from streams.backtest.report import render_figures
+    from streams.backtest.figures import render_figures
 
     result = _run(Scenario("slump", (Shock(("*",), dt.date(2019, 1, 1), sales_multiplier=0.5),)))
     parallel, serial = render_figures(result, parallel=True), render_figures(result, parallel=False)
     assert set(parallel) == {*FIGURES, SCENARIO_FIGURE}
     assert parallel == serial
+
+
+def test_a_report_with_its_figures_drawn_in_a_forked_process_is_the_same_report(tmp_path: Path) -> None:
+    from streams.backtest.report import FigureProcess
+
+    result = _run(Scenario("slump", (Shock(("*",), dt.date(2019, 1, 1), sales_multiplier=0.5),)))
+    here = write_report(result, tmp_path / "here")
+    process = FigureProcess()
+    try:
+        there = write_report(result, tmp_path / "there", figures=process.submit)
+    finally:
+        process.close()
+    assert process.drew_there  # the result was sent, not drawn here
+    assert set(here) == set(there) and len(here) >= 10
+    for name, path in here.items():
+        assert path.read_bytes() == there[name].read_bytes(), name
+    # a result that cannot be sent (here: a churn function defined in a function) is drawn here instead
+    import dataclasses
+
+    local = dataclasses.replace(result, churn=lambda r, g: 0.25)
+    process = FigureProcess()
+    fallback = write_report(local, tmp_path / "fallback", figures=process.submit)
+    assert not process.drew_there and process._process.exitcode == 0
+    assert fallback["report.html"].read_bytes() == here["report.html"].read_bytes()
+    unused = FigureProcess()  # never sent a result: close() ends it
+    unused.close()
+    assert unused._process.exitcode == 0
+
+
+def test_the_report_module_leaves_matplotlib_to_the_figure_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, streams.backtest.report, streams.backtest.run; "
+            "print(sorted(m for m in ('matplotlib', 'sklearn', 'scipy', 'river.drift') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
