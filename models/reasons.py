@@ -107,6 +107,15 @@ def describe(feature: str, raw_value: float) -> str:
     return f"{feature}: {phrase(float(raw_value)) if phrase else f'value {raw_value:.4g}'}"
 
 
+def preload() -> None:
+    """Import the attribution library now (a worker calls this before it says it is ready).
+
+    captum pulls in matplotlib; imported lazily by the first rescoring, it held the GIL for ~2 s in
+    the middle of the stream (py-spy on a 1.1 M-invoice replay).
+    """
+    import captum.attr  # noqa: F401
+
+
 def integrated_gradients(forward: Callable[..., torch.Tensor], x: np.ndarray, reference: np.ndarray,
                          *fixed: torch.Tensor, n_steps: int = IG_STEPS,
                          with_delta: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,9 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -49,7 +51,7 @@ from streams.events import AllocationSummary, CreditLine, DeadLetter, Enterprise
 from streams.live_alerts import LiveAlerts
 from streams.metrics import Metrics
 from streams.pipeline import (Allocate, AllocationPolicy, AllocationStep, ApplyResult, BatchOutcome, Fingerprint,
-                              DecodedBatch, apply_decoded, decide_allocation, decode_records, fold_records,
+                              DecodedBatch, apply_decoded, decide_allocation, decode_parts, fold_records,
                               merge_outcomes, poison_letter, record_source, rescore)
 from streams.policy import IngestPolicy
 from streams.ports import (AlertStateStore, BatchPublisher, CreditLineStore, EnterpriseRegistry, FeatureStore,
@@ -62,6 +64,9 @@ log = logging.getLogger("riskmon.worker")
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 SYNC_EVERY_S = 1.0  # an idle worker checks this often that the store has not restarted behind its back
+#: A worker is catching up (and the leader defers its allocator) while more than this many messages, or more than a
+#: batch, are left after a poll: with large batches "more than a batch" alone missed a backlog of several seconds.
+BACKLOG_MESSAGES = 10_000
 BROKER_UNREACHABLE = "no broker answers a metadata request"
 
 
@@ -198,6 +203,20 @@ class _Window:
             self.since = time.monotonic()
 
 
+def _decoder(process: bool) -> Executor:
+    """Where polled batches are decoded: a process of their own (default), or a thread of the worker.
+
+    Decoding is most of the worker's Python per message (Arrow's JSON reader, the vectorised rules,
+    hashing); in a thread it shares one GIL with the Kafka fetch and the store's fold, and with Kafka,
+    Redis and the worker on two cores half the machine stayed idle (docs/performance.md). The process
+    is started by a fork server (never forked from this multi-threaded process) and imports only
+    :mod:`streams.pipeline`; a batch goes over as its raw messages, the columns and dead letters come back.
+    """
+    if not process:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-decode")
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
+
+
 class WorkerCore:
     """One batch, one allocator step: off the event loop, through the ports, never fatal for a service outage.
 
@@ -218,7 +237,7 @@ class WorkerCore:
         self._backoff_max_s = backoff_max_s
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-decode")  # pure: no store
+        self._decoder = _decoder(ctx.settings.worker.decode_process)  # pure: no store
         self._inflight: asyncio.Future[BatchOutcome] | None = None  # the batch whose store write is under way
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
@@ -233,6 +252,12 @@ class WorkerCore:
     def stop(self) -> None:
         """Ask every wait for a service to give up (:class:`Stopped`)."""
         self._stopping.set()
+
+    async def warm_up(self) -> None:
+        """Start the decode process and its imports now (~1 s), not on the first batch."""
+        empty = RecordBatch("", [], [], [], [], [])
+        await asyncio.get_running_loop().run_in_executor(self._decoder, decode_parts, empty, self.ctx.clock(),
+                                                         self.policy)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -327,10 +352,15 @@ class WorkerCore:
         batch = RecordBatch(records[0].topic if records else "", [r.value for r in records],
                             [r.key for r in records], [r.partition for r in records], [r.offset for r in records],
                             [r.timestamp or 0 for r in records])
-        decode = partial(decode_records, batch, self.ctx.clock(), self.policy)
+        decode = partial(decode_parts, batch, self.ctx.clock(), self.policy)
         decoded: DecodedBatch | None
         try:
-            decoded = await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
+            decoded = DecodedBatch(batch, *await asyncio.get_running_loop().run_in_executor(self._decoder, decode))
+        except BrokenProcessPool as exc:  # the decode process died (killed, out of memory): a new one, next batch
+            log.warning("the decode process failed (%s); starting another, this batch goes the sequential way", exc)
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = _decoder(True)
+            decoded = None
         except Exception:  # noqa: BLE001 - the sequential path retries, splits and dead-letters what fails
             decoded = None
         await self.settle()
@@ -584,7 +614,7 @@ class IngestLoop:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recheck = True  # set again on every partition assignment (_Rebalance)
-        self.catching_up = False  # more than a batch was left to read after the last poll: a backlog
+        self.catching_up = False  # a backlog was left to read after the last poll (BACKLOG_MESSAGES)
 
     @property
     def processed(self) -> int:
@@ -612,6 +642,7 @@ class IngestLoop:
         await self.producer.start()
         await self.consumer.start()
         self.core = WorkerCore(self.ctx, Outputs.kafka(self.producer, s.topics))
+        await self.core.warm_up()
         self.consumer.subscribe([s.topics.invoices], listener=_Rebalance(self))
 
     async def stop(self, timeout_s: float = 30.0) -> None:
@@ -676,7 +707,7 @@ class IngestLoop:
                 continue
             delay = BACKOFF_FIRST_S
             records = [msg for msgs in batch.values() for msg in msgs]
-            self.catching_up = self._behind(consumer, batch) > worker.batch_size
+            self.catching_up = self._behind(consumer, batch) > min(worker.batch_size, BACKLOG_MESSAGES)
             try:
                 if self._recheck:  # started, or partitions assigned: resume them where the store has everything
                     self._recheck = False

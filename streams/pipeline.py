@@ -438,6 +438,14 @@ def decode_records(batch: RecordBatch, now: dt.datetime, policy: IngestPolicy = 
     return DecodedBatch(batch, cols, dead)
 
 
+def decode_parts(batch: RecordBatch, now: dt.datetime,
+                 policy: IngestPolicy = DEFAULT_POLICY) -> tuple[InvoiceColumns, list[tuple[int, DeadLetter]]]:
+    """:func:`decode_records` without the batch it was given: what a decode process sends back (the caller
+    keeps the raw messages; pickling them back would double the transfer)."""
+    decoded = decode_records(batch, now, policy)
+    return decoded.cols, decoded.dead
+
+
 def apply_decoded(decoded: DecodedBatch, features: FeatureStore, registry: EnterpriseRegistry, *, now: dt.datetime,
                   policy: IngestPolicy = DEFAULT_POLICY) -> BatchOutcome:
     """The second half of :func:`fold_records`: fold into the store, dead-letter what it refuses, move the watermark."""

@@ -19,8 +19,8 @@ split into :data:`SHARDS` hashes by a bucket tag, so no single key holds every e
     {prefix}:v3:alerts              hash  portfolio-wide alert subject (drift:..., dlq:...) -> WatchState JSON
 
 A micro-batch is one pipelined round trip, not a transaction: one EVALSHA per up to
-:data:`GROUPS_PER_CALL` enterprises (one per enterprise on a Redis Cluster, where a script's keys
-share a slot), each enterprise's events packed into a few binary arguments (event-id and content
+:data:`GROUPS_PER_CALL` enterprises and about :data:`EVENTS_PER_CALL` events (one enterprise per call on a
+Redis Cluster, where a script's keys share a slot), each enterprise's events packed into a few binary arguments (event-id and content
 keys, months, offsets) and its deltas folded into one sum before they leave Python, plus one SADD
 per bucket. The script judges every event (offset fence, dedup window; :mod:`streams.adapters.dedup`
 is the same rule in Python) and, when all of an enterprise's are new, adds the sum and records them;
@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 KEY_VERSION: Final = "v3"  # v3: the dedup window keyed by SipHash (streams.hashing); v2 state is not read
 #: Enterprises one apply script takes on a standalone Redis (a cluster takes one: a script's keys share a slot).
 GROUPS_PER_CALL: Final = 64
+#: A call closes once its enterprises hold this many events (an enterprise's events never split): a script blocks
+#: Redis while it runs, so a large batch is several calls of bounded length, not one long one.
+EVENTS_PER_CALL: Final = 16_384
 #: Buckets of the portfolio-wide hashes (scores, lines, registry, enterprise sets); part of the layout.
 SHARDS: Final = 16
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -595,6 +598,7 @@ class RedisFeatureStore:
             calls: list[tuple[list[str], list[Any]]] = []
             keys: list[str] = []
             args: list[Any] = [self._window]
+            call_start = 0  # first event of the call being built
             for j, g in enumerate(present.tolist()):
                 s, e = bounds[j], bounds[j + 1]
                 eid = groups.eids[g]
@@ -602,9 +606,10 @@ class RedisFeatureStore:
                 args += [groups.names[g] or "", groups.fences[g], ceilings.get(g, -1), ids[8 * s:8 * e],
                          contents[8 * s:8 * e], _runs(months_sorted[s:e]), offsets[8 * s:8 * e], *payloads[g],
                          "1" if bool(np.all(np.diff(offsets_sorted[s:e]) >= 0)) else "0"]
-                if len(keys) >= 3 * self._groups_per_call or j == len(present) - 1:
+                full = len(keys) >= 3 * self._groups_per_call or e - call_start >= EVENTS_PER_CALL
+                if full or j == len(present) - 1:
                     calls.append((keys, args))
-                    keys, args = [], [self._window]
+                    keys, args, call_start = [], [self._window], e
             with self._guarded("apply"):
                 pipe = self._write_pipeline()
                 recorded = dict(self._pending) if first and self._guard else {}

@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(settings.worker.torch_threads)
+    from models.reasons import preload
+
+    preload()
     try:
         ctx = build_context(settings)
         created = asyncio.run(ensure_topics(settings.kafka, settings.topics))
