@@ -31,8 +31,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +43,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.scoring import Scorer
 from streams.columns import RecordBatch
+from streams.decoder import make_decoder
 from streams.adapters.kafka import KafkaPublisher, ProducerHandle, client_kwargs, make_producer
 from streams.drift import ScoreDriftWatch
 from streams.errors import PublishFailed, StoreRestarted, StreamError
@@ -203,20 +203,6 @@ class _Window:
             self.since = time.monotonic()
 
 
-def _decoder(process: bool) -> Executor:
-    """Where polled batches are decoded: a process of their own (default), or a thread of the worker.
-
-    Decoding is most of the worker's Python per message (Arrow's JSON reader, the vectorised rules,
-    hashing); in a thread it shares one GIL with the Kafka fetch and the store's fold, and with Kafka,
-    Redis and the worker on two cores half the machine stayed idle (docs/performance.md). The process
-    is started by a fork server (never forked from this multi-threaded process) and imports only
-    :mod:`streams.pipeline`; a batch goes over as its raw messages, the columns and dead letters come back.
-    """
-    if not process:
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-decode")
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("forkserver"))
-
-
 class WorkerCore:
     """One batch, one allocator step: off the event loop, through the ports, never fatal for a service outage.
 
@@ -237,7 +223,7 @@ class WorkerCore:
         self._backoff_max_s = backoff_max_s
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
-        self._decoder = _decoder(ctx.settings.worker.decode_process)  # pure: no store
+        self._decoder = make_decoder(ctx.settings.worker.decode_process)  # pure: no store
         self._inflight: asyncio.Future[BatchOutcome] | None = None  # the batch whose store write is under way
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
@@ -359,7 +345,7 @@ class WorkerCore:
         except BrokenProcessPool as exc:  # the decode process died (killed, out of memory): a new one, next batch
             log.warning("the decode process failed (%s); starting another, this batch goes the sequential way", exc)
             self._decoder.shutdown(wait=False, cancel_futures=True)
-            self._decoder = _decoder(True)
+            self._decoder = make_decoder(True)
             decoded = None
         except Exception:  # noqa: BLE001 - the sequential path retries, splits and dead-letters what fails
             decoded = None

@@ -23,7 +23,7 @@ from streams.features.fold import fold_all
 from models.scoring import Score, ScoringBatch
 from streams.pipeline import REASON_PROCESSING_FAILED, AllocationPolicy, decide_allocation
 from streams.ports import DeltaItem
-from streams.settings import KafkaSettings, Settings, TopicSettings
+from streams.settings import KafkaSettings, Settings, TopicSettings, WorkerSettings
 from tests.unit.streams.test_pipeline import NOW, GreedyAllocate, RuleScorer, _ev, _registry
 
 
@@ -89,9 +89,11 @@ class FlakyPublisher(ListPublisher[object]):
         await super().publish_many(items)
 
 
-def _core(features: InMemoryFeatureStore | None = None, **publishers: ListPublisher[object]) -> WorkerCore:
+def _core(features: InMemoryFeatureStore | None = None, *, decode_process: bool = False,
+          **publishers: ListPublisher[object]) -> WorkerCore:
     settings = Settings(_env_prefix="RISKMON_TEST_UNUSED_", app_id="core-app",
-                        kafka=KafkaSettings(group_id="core-workers"))
+                        kafka=KafkaSettings(group_id="core-workers"),
+                        worker=WorkerSettings(decode_process=decode_process))
     ctx = WorkerContext(settings=settings, features=features or InMemoryFeatureStore(), scores=InMemoryScoreStore(),
                         lines=InMemoryCreditLineStore(), registry=_registry(), scorer=RuleScorer(),
                         allocate=GreedyAllocate(), clock=lambda: NOW)
@@ -111,6 +113,27 @@ async def test_a_batch_is_applied_scored_and_published_through_the_ports() -> No
     assert [d.reason for d in dlq.values()] == ["json_invalid"]  # type: ignore[attr-defined]
     assert set(scores.latest()) == {"E1", "E2", "E3"}
     assert core.status == "ok" and core.degraded == {}
+
+
+async def test_a_decode_process_that_dies_is_replaced_and_no_batch_is_lost() -> None:
+    import os
+    import signal
+
+    dlq = ListPublisher[object]()
+    core = _core(decode_process=True, dead_letters=dlq)
+    try:
+        await core.warm_up()
+        first = await core.handle(_records([*EVENTS[:5], b"{not json"]))
+        assert first.applied.applied == 5
+        (pid,) = core._decoder._processes  # type: ignore[attr-defined]  # noqa: SLF001
+        os.kill(pid, signal.SIGKILL)  # killed between batches (out of memory, an operator)
+        second = await core.handle(_records(EVENTS[5:10], partition=1))  # the sequential path takes this one
+        third = await core.handle(_records(EVENTS[10:], partition=2))  # a new decode process this one
+        assert (second.applied.applied, third.applied.applied) == (5, len(EVENTS) - 10)
+        assert pid not in core._decoder._processes  # type: ignore[attr-defined]  # noqa: SLF001
+        assert [d.reason for d in dlq.values()] == ["json_invalid"]  # type: ignore[attr-defined]
+    finally:
+        core.close()
 
 
 async def test_folded_batches_are_rescored_once_per_window_and_counted_when_their_scores_are_out() -> None:
