@@ -240,10 +240,19 @@ class WorkerCore:
         self._stopping.set()
 
     async def warm_up(self) -> None:
-        """Start the decode process and its imports now (~1 s), not on the first batch."""
+        """Start the decode process and its imports now (~1 s), not on the first batch.
+
+        A process that cannot start (no ``/dev/shm`` for its semaphores, a process limit) is no reason to
+        stop: the worker says so and decodes on a thread instead.
+        """
         empty = RecordBatch("", [], [], [], [], [])
-        await asyncio.get_running_loop().run_in_executor(self._decoder, decode_parts, empty, self.ctx.clock(),
-                                                         self.policy)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._decoder, decode_parts, empty, self.ctx.clock(),
+                                                             self.policy)
+        except Exception as exc:  # noqa: BLE001 - any failure to start means: decode here
+            log.warning("the decode process could not start (%s); decoding on a thread of the worker", exc)
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = make_decoder(False)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

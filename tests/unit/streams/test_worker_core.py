@@ -136,6 +136,22 @@ async def test_a_decode_process_that_dies_is_replaced_and_no_batch_is_lost() -> 
         core.close()
 
 
+async def test_a_decode_process_that_cannot_start_leaves_the_worker_decoding_on_a_thread() -> None:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    core = _core(decode_process=True)
+    try:
+        broken = ProcessPoolExecutor(max_workers=1)
+        broken.shutdown()  # submit raises, as when the process cannot be started
+        core._decoder.shutdown()  # noqa: SLF001
+        core._decoder = broken  # noqa: SLF001
+        await core.warm_up()
+        assert isinstance(core._decoder, ThreadPoolExecutor)  # noqa: SLF001
+        assert (await core.handle(_records(EVENTS))).applied.applied == len(EVENTS)
+    finally:
+        core.close()
+
+
 async def test_folded_batches_are_rescored_once_per_window_and_counted_when_their_scores_are_out() -> None:
     scores = ListPublisher[object]()
     core = _core(scores=scores)
