@@ -107,23 +107,18 @@ local function bigger(a, b)  -- non-negative integers as decimal strings
   return a > b
 end
 local function ym(m) return string.format('%04d%02d', math.floor(m / 12), m % 12 + 1) end
-local function chunks(list, size, fn)  -- unpack() has a stack limit: at most `size` values per call
-  for s = 1, #list, size do
-    local part = {}
-    for k = s, math.min(s + size - 1, #list) do part[#part + 1] = list[k] end
-    fn(part)
-  end
-end
+-- unpack() has a stack limit: at most 1000 values per command (ranges of the list, never copies)
 local function hmget(hash, fields)  -- field -> value (false when absent)
   local got = {}
-  chunks(fields, 1000, function(part)
-    local values = redis.call('HMGET', hash, unpack(part))
-    for k = 1, #part do got[part[k]] = values[k] end
-  end)
+  for s = 1, #fields, 1000 do
+    local e = math.min(s + 999, #fields)
+    local values = redis.call('HMGET', hash, unpack(fields, s, e))
+    for k = s, e do got[fields[k]] = values[k - s + 1] end
+  end
   return got
 end
-local function hset(hash, pairs)
-  chunks(pairs, 1000, function(part) redis.call('HSET', hash, unpack(part)) end)
+local function hset(hash, pairs)  -- field value field value ...
+  for s = 1, #pairs, 1000 do redis.call('HSET', hash, unpack(pairs, s, math.min(s + 999, #pairs))) end
 end
 local function add(hash, key, old, inc, written)  -- the exact sum as text; HINCRBY where doubles cannot hold it
   local x, y = tonumber(old or '0'), tonumber(inc)
@@ -187,13 +182,15 @@ for g = 0, (#KEYS / 3) - 1 do
   for m, l in pairs(asked) do seen[m] = hmget(ddprefix .. ym(m), l) end
   local newest = old_newest
   local verdicts = nil  -- built only once an event is not applied (the common batch applies all)
-  local pending, recorded = {}, {}
+  local pending, bymonth = {}, {}  -- bymonth: month -> id content id content ... of the events recorded, in order
   local first_blocked = n + 1
   i = 0
   for _, run in ipairs(runs) do
     local month = run[1]
     local pend = pending[month]
     if not pend then pend = {}; pending[month] = pend end
+    local rec = bymonth[month]
+    if not rec then rec = {}; bymonth[month] = rec end
     local got = seen[month]
     for _ = 1, run[2] do
       i = i + 1
@@ -209,7 +206,8 @@ for g = 0, (#KEYS / 3) - 1 do
         if not before then
           local content = string.sub(contents, 8 * i - 7, 8 * i)
           pend[id] = content
-          recorded[#recorded + 1] = {month, id, content}
+          rec[#rec + 1] = id
+          rec[#rec + 1] = content
           if month > newest then newest = month end
         elseif before == string.sub(contents, 8 * i - 7, 8 * i) then
           v = 'd'
@@ -285,17 +283,9 @@ for g = 0, (#KEYS / 3) - 1 do
       mpairs[#mpairs + 1] = 'newest'; mpairs[#mpairs + 1] = newest
     end
     if #mpairs > 0 then redis.call('HSET', meta, unpack(mpairs)) end
-    local bymonth = {}
-    for _, r in ipairs(recorded) do
-      local m = r[1]
-      if m > newest - window then
-        local l = bymonth[m]
-        if not l then l = {}; bymonth[m] = l end
-        l[#l + 1] = r[2]
-        l[#l + 1] = r[3]
-      end
+    for m, l in pairs(bymonth) do  -- the months still in the window after this batch
+      if m > newest - window and #l > 0 then hset(ddprefix .. ym(m), l) end
     end
-    for m, l in pairs(bymonth) do hset(ddprefix .. ym(m), l) end
     if name ~= '' then redis.call('HSETNX', meta, 'name', name) end
   end
   local text = {}
