@@ -227,26 +227,22 @@ def main(argv: list[str] | None = None) -> int:
                 out["ratio_vs_plain"] = out["events_per_s"] / ((before + after) / 2)
 
         last = baseline()
-        if "one" not in skip:
-            d = dep("one")
+        # phase "one" with the defaults, then once per --one-env variant; each bracketed by two baselines
+        phases = [("one", "one worker", None)] if "one" not in skip else []
+        phases += [(f"one{n}", f"one worker with {spec}", spec) for n, spec in enumerate(args.one_env)]
+        for tag, label, spec in phases:
+            env = dict(kv.split("=", 1) for kv in (spec or "").split(",") if kv)
+            d = dep(tag, extra_env=env)
             out = run_workers(d, 1, len(records))
             cleanup(d)
             after = baseline()
             bracketed(out, last, after)
             last = after
-            result["one_worker"] = out
-            print(f"one worker: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)"
-                  + (f", ratio {out['ratio_vs_plain']:.3f}" if "ratio_vs_plain" in out else ""), flush=True)
-        for n, spec in enumerate(args.one_env):
-            env = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
-            d = dep(f"one{n}", extra_env=env)
-            out = run_workers(d, 1, len(records))
-            cleanup(d)
-            after = baseline()
-            bracketed(out, last, after)
-            last = after
-            result.setdefault("one_worker_variants", []).append({"env": env, **out})
-            print(f"one worker with {spec}: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)"
+            if spec is None:
+                result["one_worker"] = out
+            else:
+                result.setdefault("one_worker_variants", []).append({"env": env, **out})
+            print(f"{label}: {out['events_per_s']:,.0f} invoices/s ({out['seconds']:.1f} s)"
                   + (f", ratio {out['ratio_vs_plain']:.3f}" if "ratio_vs_plain" in out else ""), flush=True)
         if "two" not in skip:
             d = dep("two")
