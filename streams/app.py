@@ -31,7 +31,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
@@ -224,6 +224,8 @@ class WorkerCore:
         self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="riskmon-batch")
         self._decoder = make_decoder(ctx.settings.worker.decode_process)  # pure: no store
+        self._prepare = ctx.features.column_preparer()  # the store's pure first step, run in the decode process
+        self._decoding: _Decoding | None = None  # the batch being decoded (its write starts with the next one)
         self._inflight: asyncio.Future[BatchOutcome] | None = None  # the batch whose store write is under way
         self._allocating = asyncio.Lock()
         self._last_fingerprint: Fingerprint | None = None
@@ -248,7 +250,7 @@ class WorkerCore:
         empty = RecordBatch("", [], [], [], [], [])
         try:
             await asyncio.get_running_loop().run_in_executor(self._decoder, decode_parts, empty, self.ctx.clock(),
-                                                             self.policy)
+                                                             self.policy, self._prepare)  # imports the store's module
         except Exception as exc:  # noqa: BLE001 - any failure to start means: decode here
             log.warning("the decode process could not start (%s); decoding on a thread of the worker", exc)
             self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -305,6 +307,9 @@ class WorkerCore:
     def drop_window(self) -> None:
         """Forget the folded batches not yet rescored: the store lost them and they will be read again."""
         self._window = _Window()
+        if self._decoding is not None:
+            self._decoding.future.cancel()
+            self._decoding = None
         if self._inflight is not None:
             self._inflight.cancel()
             self._inflight = None
@@ -312,7 +317,7 @@ class WorkerCore:
     @property
     def pending(self) -> bool:
         """Whether folded batches wait for their rescoring (their offsets must not be committed yet)."""
-        return self._window.since is not None or self._inflight is not None
+        return self._window.since is not None or self._decoding is not None or self._inflight is not None
 
     def flush_in_s(self) -> float:
         """Seconds until the pending window is due for rescoring (0: due now; ``inf``: nothing pending)."""
@@ -337,34 +342,62 @@ class WorkerCore:
         return outcome
 
     async def begin_fold(self, records: Sequence[Record]) -> None:
-        """Decode this batch on the decode thread while the previous batch's store write finishes, then start
-        this batch's write (on the core's thread) and return: the shell polls the next batch meanwhile.
+        """Start decoding this batch and return: the shell polls the next batch meanwhile.
 
-        :meth:`settle` (and :meth:`flush`) wait for the write and raise what it raised; batches are written
-        in poll order, one at a time.
+        Three stages overlap: batch n + 1 is polled while batch n is decoded (in the decode process) and
+        batch n - 1 is written to the store (on the core's thread); each call moves every batch one stage
+        on. :meth:`settle` (and :meth:`flush`) finish them all and raise what a write raised; batches are
+        written in poll order, one at a time.
         """
         t0 = time.perf_counter()
         batch = RecordBatch(records[0].topic if records else "", [r.value for r in records],
                             [r.key for r in records], [r.partition for r in records], [r.offset for r in records],
                             [r.timestamp or 0 for r in records])
-        decode = partial(decode_parts, batch, self.ctx.clock(), self.policy)
+        previous, self._decoding = self._decoding, self._decode(batch, t0)
+        if previous is not None:
+            await self._start_write(previous)
+        if not self.ctx.settings.worker.overlap_writes:  # one batch at a time, from decode to store
+            outcome = await self.settle()
+            assert outcome is not None  # noqa: S101 - this batch was just started
+            self._inflight = asyncio.ensure_future(_done(outcome))
+
+    def _decode(self, batch: RecordBatch, t0: float) -> _Decoding:
+        decoder = self._decoder
+        future: asyncio.Future[Any]
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                decoder, partial(decode_parts, batch, self.ctx.clock(), self.policy, self._prepare))
+        except Exception as exc:  # noqa: BLE001 - a broken pool refuses at once: the write below sees it
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        return _Decoding(batch, future, t0, decoder)
+
+    async def _start_write(self, decoding: _Decoding) -> None:
+        """Wait for the batch's decode, then for the write before it, and start its own write."""
         decoded: DecodedBatch | None
         try:
-            decoded = DecodedBatch(batch, *await asyncio.get_running_loop().run_in_executor(self._decoder, decode))
+            decoded = DecodedBatch(decoding.batch, *await decoding.future)
         except BrokenProcessPool as exc:  # the decode process died (killed, out of memory): a new one, next batch
-            log.warning("the decode process failed (%s); starting another, this batch goes the sequential way", exc)
-            self._decoder.shutdown(wait=False, cancel_futures=True)
-            self._decoder = make_decoder(True)
+            log.warning("the decode process failed (%s); this batch goes the sequential way", exc)
+            if decoding.decoder is self._decoder:  # the batches behind it on the same process fail too: once
+                log.warning("starting another decode process")
+                self._decoder.shutdown(wait=False, cancel_futures=True)
+                self._decoder = make_decoder(True)
             decoded = None
         except Exception:  # noqa: BLE001 - the sequential path retries, splits and dead-letters what fails
             decoded = None
-        await self.settle()
-        self._inflight = asyncio.ensure_future(self._write(batch, decoded, t0))
-        if not self.ctx.settings.worker.overlap_writes:
-            self._inflight = asyncio.ensure_future(_done(await self._inflight))
+        await self._settle_write()
+        self._inflight = asyncio.ensure_future(self._write(decoding.batch, decoded, decoding.t0))
+        await asyncio.sleep(0)  # let the write reach its thread now: a poll that finds records buffered never yields
 
     async def settle(self) -> BatchOutcome | None:
-        """Wait for the batch in flight, if any (its write and its dead letters); its outcome."""
+        """Finish the batches under way (decode, then write); the outcome of the last one, if any."""
+        decoding, self._decoding = self._decoding, None
+        if decoding is not None:
+            await self._start_write(decoding)
+        return await self._settle_write()
+
+    async def _settle_write(self) -> BatchOutcome | None:
         task, self._inflight = self._inflight, None
         return await task if task is not None else None
 
@@ -585,6 +618,16 @@ class WorkerCore:
                      outcome.summary.as_of, outcome.summary.n_lines, outcome.summary.total_amount_yuan,
                      outcome.summary.n_changed, outcome.summary.solver)
             return outcome.summary
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoding:
+    """A batch whose decode was submitted (to ``decoder``), with when its handling began."""
+
+    batch: RecordBatch
+    future: asyncio.Future[Any]
+    t0: float
+    decoder: Executor
 
 
 async def _done(outcome: BatchOutcome) -> BatchOutcome:
@@ -856,9 +899,11 @@ def build_context(settings: Settings) -> WorkerContext:
     from streams.adapters.allocation import make_allocate
     from streams.adapters.memory import InMemoryRegistry
     from streams.adapters.redis_store import (RedisAlertStateStore, RedisCreditLineStore, RedisFeatureStore,
-                                              RedisRegistry, RedisScoreStore, connect)
+                                              RedisRegistry, RedisScoreStore, connect, encoding_advice)
 
     client = connect(settings.redis)
+    if (advice := encoding_advice(client)) is not None:
+        log.warning("%s", advice)
     prefix = settings.redis.prefix
     registry = RedisRegistry(client, prefix)
     source = InMemoryRegistry.from_data_dir(settings.data_dir)

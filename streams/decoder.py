@@ -4,8 +4,10 @@ Decoding (Arrow's JSON reader, the vectorised rules, hashing: :func:`streams.pip
 most of the worker's Python per message. In a thread it shares one GIL with the Kafka fetch and the
 store's fold; measured with Kafka, Redis and the worker on two cores, half the machine stayed idle
 (docs/performance.md, "Now: a decode process and larger batches"). The process is started by a fork server (never forked from
-the worker, which runs threads) and imports only :mod:`streams.pipeline`; a batch goes over as its raw
-messages, and its columns and dead letters come back. The process exits when the worker is gone, also
+the worker, which runs threads) and imports :mod:`streams.pipeline` and the feature store's module; a batch
+goes over as its raw messages, and its columns, dead letters and the store's pure first step
+(:meth:`~streams.ports.FeatureStore.column_preparer`: for Redis, the batch grouped and folded into the apply
+script's payloads) come back. The process exits when the worker is gone, also
 when the worker was SIGKILLed (a pool process would otherwise wait on its queue for ever).
 """
 

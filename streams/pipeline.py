@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol
 
@@ -410,6 +410,7 @@ class DecodedBatch:
     batch: RecordBatch
     cols: InvoiceColumns
     dead: list[tuple[int, DeadLetter]]
+    prepared: object | None = None  # the store's column_preparer() of ``cols``, computed where it was decoded
 
 
 def decode_records(batch: RecordBatch, now: dt.datetime, policy: IngestPolicy = DEFAULT_POLICY) -> DecodedBatch:
@@ -438,12 +439,14 @@ def decode_records(batch: RecordBatch, now: dt.datetime, policy: IngestPolicy = 
     return DecodedBatch(batch, cols, dead)
 
 
-def decode_parts(batch: RecordBatch, now: dt.datetime,
-                 policy: IngestPolicy = DEFAULT_POLICY) -> tuple[InvoiceColumns, list[tuple[int, DeadLetter]]]:
+def decode_parts(batch: RecordBatch, now: dt.datetime, policy: IngestPolicy = DEFAULT_POLICY,
+                 prepare: Callable[[InvoiceColumns], object] | None = None,
+                 ) -> tuple[InvoiceColumns, list[tuple[int, DeadLetter]], object | None]:
     """:func:`decode_records` without the batch it was given: what a decode process sends back (the caller
-    keeps the raw messages; pickling them back would double the transfer)."""
+    keeps the raw messages; pickling them back would double the transfer), with ``prepare(cols)`` (the
+    store's :meth:`~streams.ports.FeatureStore.column_preparer`) when given."""
     decoded = decode_records(batch, now, policy)
-    return decoded.cols, decoded.dead
+    return decoded.cols, decoded.dead, (prepare(decoded.cols) if prepare is not None and len(decoded.cols) else None)
 
 
 def apply_decoded(decoded: DecodedBatch, features: FeatureStore, registry: EnterpriseRegistry, *, now: dt.datetime,
@@ -454,7 +457,7 @@ def apply_decoded(decoded: DecodedBatch, features: FeatureStore, registry: Enter
     if not len(cols):
         return BatchOutcome(0, [d for _, d in dead], ApplyResult(frozenset(), frozenset(), 0, 0, features.watermark()),
                             [], n)
-    write = features.apply_columns(cols)
+    write = features.apply_columns(cols, decoded.prepared)
     letters = write.letters
     applied_mask = letters == VERDICT_LETTERS[Verdict.APPLIED]
     refused = (letters == VERDICT_LETTERS[Verdict.CONFLICT]) | (letters == VERDICT_LETTERS[Verdict.LATE])

@@ -11,7 +11,7 @@ very same functions usable in the in-process backtest.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
@@ -141,9 +141,17 @@ class FeatureStore(Protocol):
         """
         ...
 
-    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+    def apply_columns(self, cols: InvoiceColumns, prepared: object | None = None) -> ColumnsWrite:
         """:meth:`apply_many` for valid invoices as columns (the worker's hot path): the same verdicts and
-        state as one :class:`DeltaItem` per row with :func:`streams.features.fold.invoice_delta`."""
+        state as one :class:`DeltaItem` per row with :func:`streams.features.fold.invoice_delta`.
+
+        ``prepared``: what :meth:`column_preparer` computed from these columns, maybe in another process.
+        """
+        ...
+
+    def column_preparer(self) -> Callable[[InvoiceColumns], object] | None:
+        """A pure, picklable function of the columns that :meth:`apply_columns` would compute first (None: none),
+        so a caller can run it elsewhere (the worker's decode process) and pass its result as ``prepared``."""
         ...
 
     def load(self, enterprise_id: str) -> EnterpriseState:

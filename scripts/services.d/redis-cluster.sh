@@ -63,6 +63,7 @@ cluster-require-full-coverage yes
 appendonly yes
 appendfsync $RCLUSTER_FSYNC
 save ""
+hash-max-listpack-entries 64
 EOF
 }
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -64,15 +64,18 @@ class CachedFeatureStore:
         self._update([(item.enterprise_id, item.name) for item in items if item.name], write.counters)
         return write
 
-    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+    def apply_columns(self, cols: InvoiceColumns, prepared: object | None = None) -> ColumnsWrite:
         try:
-            write = self.inner.apply_columns(cols)
+            write = self.inner.apply_columns(cols, prepared)
         except Exception:
             self.invalidate()  # as apply_many
             raise
         named = np.flatnonzero(cols.name != None)  # noqa: E711 - elementwise
         self._update([(str(cols.enterprise_id[i]), str(cols.name[i])) for i in named.tolist()], write.counters)
         return write
+
+    def column_preparer(self) -> Callable[[InvoiceColumns], object] | None:
+        return self.inner.column_preparer()
 
     def _update(self, names: Sequence[tuple[str, str]], counters: Mapping[str, Mapping[str, int]]) -> None:
         """Set what the store answered after a write: the counters, and a name where the cache has none."""

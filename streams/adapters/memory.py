@@ -16,7 +16,7 @@ False
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -82,8 +82,11 @@ class InMemoryFeatureStore:
             counters[eid] = {f: now.get(f, 0) for f in fields}
         return StoreWrite(verdicts, counters)
 
-    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
+    def apply_columns(self, cols: InvoiceColumns, prepared: object | None = None) -> ColumnsWrite:
         return apply_rows(self, cols)
+
+    def column_preparer(self) -> Callable[[InvoiceColumns], object] | None:
+        return None
 
     def load(self, enterprise_id: str) -> EnterpriseState:
         return self.load_many([enterprise_id], with_counterparties=True)[0]

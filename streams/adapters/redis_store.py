@@ -52,7 +52,7 @@ import json
 import uuid
 import zlib
 from dataclasses import dataclass
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -80,6 +80,8 @@ GROUPS_PER_CALL: Final = 64
 #: A call closes once its enterprises hold this many events (an enterprise's events never split): a script blocks
 #: Redis while it runs, so a large batch is several calls of bounded length, not one long one.
 EVENTS_PER_CALL: Final = 16_384
+#: Redis's ``hash-max-listpack-entries`` riskmon is tuned for (Redis's default is 512): :func:`encoding_advice`.
+LISTPACK_ENTRIES_ADVISED: Final = 64
 #: Buckets of the portfolio-wide hashes (scores, lines, registry, enterprise sets); part of the layout.
 SHARDS: Final = 16
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -92,8 +94,10 @@ _VERDICTS: Final = {chr(code): verdict for verdict, code in VERDICT_LETTERS.item
 #       resent subset must not fence past a dead letter left out of it), event-id keys (8 bytes each), content keys
 #       (8 bytes each), issue months as runs "month count month count " in event order, offsets (int64
 #       little-endian each; they ascend when an enterprise's events come from one partition), then the folded
-#       delta in three parts, each "key value key value " (names hold no whitespace): the counters, the
-#       counterparty counts cp:{d}:{id}, the counterparty amounts cpa:{d}:{id}; '1' when the offsets ascend.
+#       delta in three parts (names hold no whitespace): the counters as "key value key value ", with
+#       s:cpasum_{d} the sum of the direction's cpa increments when it has any; then for direction 'in' and for 'out'
+#       its counterparties as "id count amount id count amount " (the increments of cp:{d}:{id} and
+#       cpa:{d}:{id}; '-': not in the delta); '1' when the offsets ascend.
 # Returns per group: the verdicts (one letter per event: a r d c l), then "field value field value " for every
 #       counter the delta names (counterparty keys: their summaries), after the write.
 # Redis work per group is a fixed number of commands (reads with HMGET, writes with one variadic HSET per hash),
@@ -138,8 +142,17 @@ for g = 0, (#KEYS / 3) - 1 do
   local name, fence, ceiling = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
   local ids, contents, months, offsets = ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
   local mk, mi = parse(ARGV[at + 7])
-  local ck, ci = parse(ARGV[at + 8])
-  local ak, ai = parse(ARGV[at + 9])
+  local cpd = {}  -- direction -> its counterparties {ids, count increments, amount increments} ('-': none)
+  for d, payload in pairs({['in'] = ARGV[at + 8], out = ARGV[at + 9]}) do
+    if payload ~= '' then
+      local cids, cinc, ainc = {}, {}, {}
+      for id, c, a in string.gmatch(payload, '(%S+) (%S+) (%S+)') do
+        local j = #cids + 1
+        cids[j] = id; cinc[j] = c; ainc[j] = a
+      end
+      cpd[d] = {cids, cinc, ainc}
+    end
+  end
   local ascending = ARGV[at + 10] == '1'
   local ddprefix = string.sub(counters, 1, #counters - 8) .. 'dd:'
   local n = #ids / 8
@@ -234,42 +247,47 @@ for g = 0, (#KEYS / 3) - 1 do
     end
   end
   -- the counters the delta names, and the counterparty summaries of every direction it touches
-  local dirs, named = {}, {}
-  for _, key in ipairs(ck) do dirs[string.match(key, '^cp:([^:]*)')] = true end
-  for _, key in ipairs(ak) do dirs[string.match(key, '^cpa:([^:]*)')] = true end
-  for _, key in ipairs(mk) do named[#named + 1] = key end
-  for d in pairs(dirs) do
-    named[#named + 1] = 's:ncp_' .. d; named[#named + 1] = 's:cpasum_' .. d; named[#named + 1] = 's:cpamax_' .. d
+  local named, inmk = {}, {}
+  for _, key in ipairs(mk) do named[#named + 1] = key; inmk[key] = true end
+  for d in pairs(cpd) do  -- the sum s:cpasum_{d} comes with the counters when an amount was added
+    named[#named + 1] = 's:ncp_' .. d; named[#named + 1] = 's:cpamax_' .. d
+    if not inmk['s:cpasum_' .. d] then named[#named + 1] = 's:cpasum_' .. d end
   end
   local now = hmget(counters, named)
   if all_new and n > 0 then
     local written, cwritten, pairs_c, pairs_p = {}, {}, {}, {}
     for i, key in ipairs(mk) do now[key] = add(counters, key, now[key], mi[i], written) end
-    local cpnames = {}
-    for _, key in ipairs(ck) do cpnames[#cpnames + 1] = key end
-    for _, key in ipairs(ak) do cpnames[#cpnames + 1] = key end
-    local cpnow = hmget(cps, cpnames)
-    for i, key in ipairs(ck) do
-      local d = string.match(key, '^cp:([^:]*)')
-      local old = tonumber(cpnow[key] or '0')
-      cpnow[key] = add(cps, key, cpnow[key], ci[i], cwritten)
-      local new = tonumber(cpnow[key])
-      local nk = 's:ncp_' .. d
-      if old <= 0 and new > 0 then now[nk] = string.format('%d', tonumber(now[nk] or '0') + 1)
-      elseif new <= 0 and old > 0 then now[nk] = string.format('%d', tonumber(now[nk] or '0') - 1) end
-    end
-    for i, key in ipairs(ak) do
-      local d = string.match(key, '^cpa:([^:]*)')
-      cpnow[key] = add(cps, key, cpnow[key], ai[i], cwritten)
-      local sk, xk = 's:cpasum_' .. d, 's:cpamax_' .. d
-      now[sk] = add(counters, sk, now[sk], ai[i], written)
-      if (not now[xk]) or bigger(cpnow[key], now[xk]) then now[xk] = cpnow[key] end
+    for d, c in pairs(cpd) do
+      local cids, cinc, ainc = c[1], c[2], c[3]
+      local cpk, cak, fields = {}, {}, {}
+      for j = 1, #cids do
+        if cinc[j] ~= '-' then cpk[j] = 'cp:' .. d .. ':' .. cids[j]; fields[#fields + 1] = cpk[j] end
+        if ainc[j] ~= '-' then cak[j] = 'cpa:' .. d .. ':' .. cids[j]; fields[#fields + 1] = cak[j] end
+      end
+      local cpnow = hmget(cps, fields)
+      local nk, xk = 's:ncp_' .. d, 's:cpamax_' .. d
+      local dncp, maxv = 0, now[xk]
+      for j = 1, #cids do
+        local key = cpk[j]
+        if key then
+          local old = cpnow[key]
+          local new = add(cps, key, old, cinc[j], cwritten)
+          local o, v = tonumber(old or '0'), tonumber(new)
+          if o <= 0 and v > 0 then dncp = dncp + 1 elseif v <= 0 and o > 0 then dncp = dncp - 1 end
+          if not cwritten[key] then pairs_p[#pairs_p + 1] = key; pairs_p[#pairs_p + 1] = new end
+        end
+        key = cak[j]
+        if key then
+          local new = add(cps, key, cpnow[key], ainc[j], cwritten)
+          if not cwritten[key] then pairs_p[#pairs_p + 1] = key; pairs_p[#pairs_p + 1] = new end
+          if (not maxv) or bigger(new, maxv) then maxv = new end
+        end
+      end
+      if dncp ~= 0 then now[nk] = string.format('%d', tonumber(now[nk] or '0') + dncp) end
+      now[xk] = maxv
     end
     for _, key in ipairs(named) do
       if now[key] and not written[key] then pairs_c[#pairs_c + 1] = key; pairs_c[#pairs_c + 1] = now[key] end
-    end
-    for _, key in ipairs(cpnames) do
-      if not cwritten[key] then pairs_p[#pairs_p + 1] = key; pairs_p[#pairs_p + 1] = cpnow[key] end
     end
     if #pairs_c > 0 then hset(counters, pairs_c) end
     if #pairs_p > 0 then hset(cps, pairs_p) end
@@ -339,6 +357,26 @@ return #above
 
 def _yyyymmdd(day: dt.date) -> int:
     return day.year * 10000 + day.month * 100 + day.day
+
+
+def encoding_advice(client: Any) -> str | None:
+    """One line when Redis keeps hashes of more than :data:`LISTPACK_ENTRIES_ADVISED` entries as listpacks.
+
+    The apply script reads and writes counterparty counters and the dedup window many fields per command;
+    in a listpack each field is a linear scan (docs/performance.md, "Redis hash encoding"). None when the
+    setting is fine, or cannot be read (a cluster client, CONFIG not permitted).
+    """
+    if not isinstance(client, redis.Redis):
+        return None
+    try:
+        value = client.config_get("hash-max-listpack-entries").get("hash-max-listpack-entries")
+    except redis.exceptions.RedisError:
+        return None
+    if value is None or not str(value).isdigit() or int(value) <= LISTPACK_ENTRIES_ADVISED:
+        return None
+    return (f"Redis keeps hashes of up to {value} entries as listpacks (hash-max-listpack-entries); riskmon's "
+            f"feature writes take about twice the Redis time per invoice than with {LISTPACK_ENTRIES_ADVISED} "
+            f"(docs/performance.md, 'Redis hash encoding')")
 
 
 def connect(settings: RedisSettings) -> Any:
@@ -444,6 +482,41 @@ class _Groups:
     months: np.ndarray  # per event
     offsets: np.ndarray  # per event
     fold: Any  # rows (ascending positions, grouped) -> the folded delta payload of each group code
+    first_payloads: list[tuple[bytes, bytes, bytes]] | None = None  # fold() of every row (the first attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedColumns:
+    """What :meth:`RedisFeatureStore.apply_columns` computes from a batch before it talks to Redis: the groups
+    (enterprise and partition) and every group's folded delta as the apply script's payloads. It depends on the
+    columns alone, so the worker computes it in its decode process, off the worker's GIL."""
+
+    codes: np.ndarray  # int64: the group of each row
+    first: np.ndarray  # per group: its first row
+    payloads: list[tuple[bytes, bytes, bytes]]  # per group: the fold of all its rows
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.first)
+
+
+def prepare_columns(cols: InvoiceColumns) -> PreparedColumns:
+    """The groups of a batch and their folded deltas (:class:`PreparedColumns`); pure."""
+    if not len(cols):
+        return PreparedColumns(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), [])
+    has_fence = cols.offset >= 0
+    part = np.where(has_fence, cols.partition + 1, 0)
+    ent_codes, _ = pd.factorize(cols.enterprise_id)
+    codes_, combined = pd.factorize(ent_codes.astype(np.int64) * (int(part.max()) + 1) + part)
+    codes = codes_.astype(np.int64)
+    n = len(combined)
+    first = np.full(n, len(codes), dtype=np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    yyyymm = (cols.month // 12) * 100 + cols.month % 12 + 1
+    rows = np.argsort(codes, kind="stable")  # the first attempt's order (RedisFeatureStore._apply_groups)
+    payloads = fold_columns(codes[rows], yyyymm[rows], cols.out[rows], cols.void[rows], cols.amount_cents[rows],
+                            cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n)
+    return PreparedColumns(codes, first, payloads)
 
 
 def _runs(months: np.ndarray) -> str:
@@ -457,11 +530,23 @@ def _runs(months: np.ndarray) -> str:
 
 
 def _payload(delta: Mapping[str, int]) -> tuple[bytes, bytes, bytes]:
-    """A folded delta as the apply script's three payloads (counters, ``cp:``, ``cpa:``)."""
-    parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+    """A folded delta as the apply script's three payloads: the counters (with ``s:cpasum_{d}``, the sum of a
+    direction's ``cpa`` increments, when it has any), then per direction ``in``, ``out`` its counterparties as
+    ``"id count amount "`` (``-``: that counter is not in the delta)."""
+    counters: dict[str, int] = {}
+    cps: tuple[dict[str, list[str]], dict[str, list[str]]] = ({}, {})
     for key, inc in delta.items():
-        parts[2 if key.startswith("cpa:") else 1 if key.startswith("cp:") else 0].append(f"{key} {inc} ")
-    return "".join(parts[0]).encode(), "".join(parts[1]).encode(), "".join(parts[2]).encode()
+        kind = 2 if key.startswith("cpa:") else 1 if key.startswith("cp:") else 0
+        if kind == 0:
+            counters[key] = counters.get(key, 0) + inc
+            continue
+        direction, _, cid = key[kind + 2:].partition(":")
+        cps[direction == "out"].setdefault(cid, ["-", "-"])[kind - 1] = str(inc)
+        if kind == 2:
+            summary = f"s:cpasum_{direction}"
+            counters[summary] = counters.get(summary, 0) + inc
+    return ("".join(f"{k} {v} " for k, v in counters.items()).encode(),
+            *("".join(f"{cid} {c} {a} " for cid, (c, a) in side.items()).encode() for side in cps))  # type: ignore[return-value]
 
 
 def _first_names(names: Sequence[str | None] | np.ndarray, codes: np.ndarray, n: int) -> list[str | None]:
@@ -537,17 +622,17 @@ class RedisFeatureStore:
         letters, counters = self._apply_groups(groups)
         return StoreWrite([_VERDICTS[chr(c)] for c in letters.tolist()], counters)
 
-    def apply_columns(self, cols: InvoiceColumns) -> ColumnsWrite:
-        """:meth:`apply_many` for a batch of invoices as columns: one verdict letter per row, the counters after."""
+    def apply_columns(self, cols: InvoiceColumns, prepared: object | None = None) -> ColumnsWrite:
+        """:meth:`apply_many` for a batch of invoices as columns: one verdict letter per row, the counters after.
+
+        ``prepared``: :func:`prepare_columns` of these columns, computed elsewhere (the worker's decode process).
+        """
         if not len(cols):
             return ColumnsWrite(np.empty(0, dtype=np.uint8), {})
+        if not isinstance(prepared, PreparedColumns) or len(prepared.codes) != len(cols):
+            prepared = prepare_columns(cols)
+        codes, first, n = prepared.codes, prepared.first, prepared.n_groups
         has_fence = cols.offset >= 0
-        part = np.where(has_fence, cols.partition + 1, 0)
-        ent_codes, ent_ids = pd.factorize(cols.enterprise_id)
-        codes, combined = pd.factorize(ent_codes.astype(np.int64) * (int(part.max()) + 1) + part)
-        n = len(combined)
-        first = np.full(n, len(codes), dtype=np.int64)
-        np.minimum.at(first, codes, np.arange(len(codes)))
         yyyymm = (cols.month // 12) * 100 + cols.month % 12 + 1
         topic = cols.topic
 
@@ -555,13 +640,18 @@ class RedisFeatureStore:
             return fold_columns(codes[rows], yyyymm[rows], cols.out[rows], cols.void[rows], cols.amount_cents[rows],
                                 cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n)
 
-        groups = _Groups(codes=codes.astype(np.int64), eids=[str(e) for e in cols.enterprise_id[first]],
+        groups = _Groups(codes=codes, eids=[str(e) for e in cols.enterprise_id[first]],
                          fences=[f"{topic}/{int(p)}" if h else "" for p, h in
                                  zip(cols.partition[first].tolist(), has_fence[first].tolist(), strict=True)],
                          names=_first_names(cols.name, codes, n), ids=cols.id_hash, contents=cols.content_hash,
-                         months=cols.month.astype(np.int64), offsets=cols.offset, fold=fold)
+                         months=cols.month.astype(np.int64), offsets=cols.offset, fold=fold,
+                         first_payloads=prepared.payloads)
         letters, counters = self._apply_groups(groups)
         return ColumnsWrite(letters, counters)
+
+    @staticmethod
+    def column_preparer() -> Callable[[InvoiceColumns], object]:
+        return prepare_columns
 
     def _apply_groups(self, groups: _Groups) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
         """Judge and apply every group; the verdict letters per event (its order) and the counters after."""
@@ -579,7 +669,7 @@ class RedisFeatureStore:
             codes = groups.codes[order]
             present, starts = np.unique(codes, return_index=True)
             bounds = np.append(starts, len(order)).tolist()
-            payloads = groups.fold(order)
+            payloads = groups.first_payloads if first and groups.first_payloads is not None else groups.fold(order)
             ids = groups.ids[order].astype(">u8").tobytes()
             contents = groups.contents[order].astype(">u8").tobytes()
             months_sorted = groups.months[order]

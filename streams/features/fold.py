@@ -85,6 +85,8 @@ def check_delta(delta: Mapping[str, int]) -> None:
     for key, inc in delta.items():
         if _WHITESPACE.search(key):
             raise ValueError(f"counter names must not contain whitespace: {key!r}")
+        if key.startswith(COUNTERPARTY_PREFIXES) and key.split(":", 2)[1] not in ("in", "out"):
+            raise ValueError(f"counterparty counters are cp:in:, cp:out:, cpa:in: or cpa:out: ...: {key}")
         if key.startswith("cpa:") and inc < 0:
             raise ValueError(f"cpa increments must not be negative: {key} {inc}")
 
@@ -243,6 +245,7 @@ class FoldedDeltas:
     group: np.ndarray  # int64, ascending
     keys: pa.StringArray
     values: np.ndarray  # int64
+    cp: CounterpartyDeltas | None = None  # the cp:/cpa: entries again, as a table (fold_columns)
 
     def _bounds(self, n_groups: int) -> np.ndarray:
         return np.searchsorted(self.group, np.arange(n_groups + 1), side="left")
@@ -256,23 +259,56 @@ class FoldedDeltas:
                 for g in range(n_groups)]
 
     def payloads(self, n_groups: int) -> list[tuple[bytes, bytes, bytes]]:
-        """Per group, its delta as ``b"key value key value "`` (counter names hold no whitespace), in three
-        parts: the counters, the counterparty counts ``cp:``, the counterparty amounts ``cpa:``."""
-        text = pc.binary_join_element_wise(self.keys, pc.cast(pa.array(self.values), pa.string()), "", " ")
-        arr = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
-        if not len(arr):
+        """Per group, its delta as the Redis apply script's three payloads (``streams.adapters.redis_store``):
+        the counters as ``b"key value key value "`` (counter names hold no whitespace) with ``s:cpasum_{d}``,
+        the sum of a direction's ``cpa`` increments, when it has any; then for ``in`` and for ``out`` its
+        counterparties as ``b"id count amount "`` (``-``: no ``cpa`` increment)."""
+        if self.cp is None:
+            raise ValueError("payloads() needs the counterparty table fold_columns() keeps")
+        cp = self.cp
+        plain = ~_ok_np(pc.starts_with(self.keys, "cp"))  # cp: and cpa: travel as the counterparty table
+        texts: list[pa.Array] = [pc.binary_join_element_wise(pc.filter(self.keys, pa.array(plain)),
+                                                             pc.cast(pa.array(self.values[plain]), pa.string()), "", " ")]
+        groups, kinds = [self.group[plain]], [np.zeros(int(plain.sum()), dtype=np.int64)]
+        if len(cp.group):
+            pos = cp.gross > 0
+            sums = pd.DataFrame({"g": cp.group[pos], "o": cp.out[pos], "a": cp.gross[pos]}).groupby(["g", "o"]).sum()
+            if len(sums):
+                s_out = sums.index.get_level_values(1).to_numpy(dtype=bool)
+                texts.append(pc.binary_join_element_wise(
+                    pa.array(np.where(s_out, "s:cpasum_out", "s:cpasum_in")),
+                    pc.cast(pa.array(sums["a"].to_numpy(dtype=np.int64)), pa.string()), "", " "))
+                groups.append(sums.index.get_level_values(0).to_numpy(dtype=np.int64))
+                kinds.append(np.zeros(len(sums), dtype=np.int64))
+            amount = pc.if_else(pa.array(pos), pc.cast(pa.array(cp.gross), pa.string()), "-")
+            texts.append(pc.binary_join_element_wise(cp.ids, pc.cast(pa.array(cp.n), pa.string()), amount, "", " "))
+            groups.append(cp.group)
+            kinds.append(1 + cp.out.astype(np.int64))
+        group, kind = np.concatenate(groups), np.concatenate(kinds)
+        if not len(group):
             return [(b"", b"", b"")] * n_groups
-        kind = np.where(_ok_np(pc.starts_with(self.keys, "cpa:")), 2, np.where(_ok_np(pc.starts_with(self.keys, "cp:")), 1, 0))
-        order = np.lexsort((kind, self.group))  # by group, then kind; stable within
+        arr = pa.concat_arrays([t.combine_chunks() if isinstance(t, pa.ChunkedArray) else t for t in texts])
+        order = np.lexsort((kind, group))  # by group, then kind; stable within
         arr = pc.take(arr, pa.array(order))
         arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-        slot = self.group[order] * 3 + kind[order]
+        slot = group[order] * 3 + kind[order]
         bounds = np.searchsorted(slot, np.arange(3 * n_groups + 1), side="left")
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
         data = arr.buffers()[2].to_pybytes()
         at = offsets[bounds].tolist()
         return [(data[at[3 * g]:at[3 * g + 1]], data[at[3 * g + 1]:at[3 * g + 2]], data[at[3 * g + 2]:at[3 * g + 3]])
                 for g in range(n_groups)]
+
+
+@dataclass(frozen=True, slots=True)
+class CounterpartyDeltas:
+    """Per (group, direction, counterparty) of a :class:`FoldedDeltas`: the ``cp`` and ``cpa`` increments."""
+
+    group: np.ndarray  # int64
+    out: np.ndarray  # bool
+    ids: pa.StringArray
+    n: np.ndarray  # int64: the cp:{d}:{id} increment
+    gross: np.ndarray  # int64: the cpa:{d}:{id} increment (named only when > 0)
 
 
 def _ok_np(mask: object) -> np.ndarray:
@@ -288,7 +324,9 @@ def fold_columns(group: np.ndarray, yyyymm: np.ndarray, out: np.ndarray, void: n
     :func:`invoice_delta` into one dict per group (``tests/unit/streams/test_fold_columns.py``).
     """
     if not len(group):
-        return FoldedDeltas(np.empty(0, dtype=np.int64), pa.array([], type=pa.string()), np.empty(0, dtype=np.int64))
+        none = np.empty(0, dtype=np.int64)
+        return FoldedDeltas(none, pa.array([], type=pa.string()), none,
+                            CounterpartyDeltas(none, np.empty(0, dtype=bool), pa.array([], type=pa.string()), none, none))
     valid = ~void
     pos = valid & (amount_cents > 0)
     neg = valid & (amount_cents < 0)
@@ -334,4 +372,6 @@ def fold_columns(group: np.ndarray, yyyymm: np.ndarray, out: np.ndarray, void: n
     group_all = np.concatenate(groups)
     order = np.argsort(group_all, kind="stable")
     key_all = pa.concat_arrays([k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys])
-    return FoldedDeltas(group_all[order], pc.take(key_all, pa.array(order)), np.concatenate(values)[order])
+    table = CounterpartyDeltas(cg, cps.index.get_level_values(1).to_numpy(dtype=bool), c_id,
+                               cps["n"].to_numpy(dtype=np.int64), cps["gross"].to_numpy(dtype=np.int64))
+    return FoldedDeltas(group_all[order], pc.take(key_all, pa.array(order)), np.concatenate(values)[order], table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import threading
 from collections.abc import Iterable
 
@@ -20,6 +21,7 @@ from streams.adapters.redis_store import (
     RedisRegistry,
     RedisScoreStore,
     clear_prefix,
+    prepare_columns,
     shard_of,
 )
 from streams.columns import InvoiceColumns, columns_from_events
@@ -228,3 +230,42 @@ def test_driver_errors_become_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable) as info:
         store.apply("E1", "e", {"n": 1})
     assert info.value.retriable and "scripts/services up" in str(info.value)
+
+
+def test_columns_prepared_elsewhere_apply_as_unprepared(redis_client: redis.Redis, stream_prefix: str) -> None:
+    """The worker groups and folds a batch in its decode process (prepare_columns, pickled across): the same
+    verdicts, counters and state as a store that prepares them itself, also for a batch mixing new events
+    with re-sent ones (the second round trip folds the new ones anew); a preparation of other columns is ignored."""
+    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 6_000) if not isinstance(e, RejectedRow)),
+                    key=lambda e: e.issue_date)
+    events, sources = _kafka_items(events, {})
+
+    def columns(at: list[int], shift: int = 0) -> InvoiceColumns:
+        return columns_from_events([events[i] for i in at], list(range(len(at))), "invoices",
+                                   [sources[i].partition for i in at], [sources[i].offset + shift for i in at])
+
+    plain = RedisFeatureStore(redis_client, stream_prefix + ":plain")
+    prepared = RedisFeatureStore(redis_client, stream_prefix + ":prepared")
+    half = len(events) // 2
+    batches = [(list(range(half)), 0), (list(range(half - 500, len(events))), 0),  # 500 redelivered, the rest new
+               (list(range(0, len(events), 3)), 1_000_000)]  # re-sent at new offsets: duplicates
+    seen = []
+    for at, shift in batches:
+        cols = columns(at, shift)
+        ready = pickle.loads(pickle.dumps(prepare_columns(cols)))
+        a, b = plain.apply_columns(cols), prepared.apply_columns(cols, ready)
+        assert a.letters.tolist() == b.letters.tolist() and a.counters == b.counters
+        seen.append({_VERDICT_OF[x] for x in b.letters.tolist()})
+    assert seen[1] >= {Verdict.APPLIED, Verdict.REDELIVERED} and Verdict.DUPLICATE in seen[2]
+    other = prepare_columns(columns(list(range(10))))
+    assert prepared.apply_columns(columns(list(range(20))), other).letters.tolist() == \
+        plain.apply_columns(columns(list(range(20)))).letters.tolist()
+    ids = sorted(plain.enterprise_ids())
+    assert ids == sorted(prepared.enterprise_ids())
+    assert [(s.counters, s.counterparties) for s in plain.load_many(ids, with_counterparties=True)] == \
+        [(s.counters, s.counterparties) for s in prepared.load_many(ids, with_counterparties=True)]
+    expected = fold_all(events)
+    assert [s.counters for s in prepared.load_many(ids)] == [expected[e].counters for e in ids]
+
+
+_VERDICT_OF = {code: verdict for verdict, code in VERDICT_LETTERS.items()}

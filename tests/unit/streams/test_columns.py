@@ -18,6 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams.adapters import redis_store
 from streams.adapters.memory import InMemoryFeatureStore, InMemoryRegistry
 from streams.columns import RecordBatch, columns_from_events, decode_batch
 from streams.dataset import DEFAULT_DATA_DIR, iter_invoice_rows
@@ -174,5 +175,24 @@ def test_the_fold_over_columns_is_the_sum_of_invoice_deltas(rows: list[tuple[int
     assert folded.dicts(4) == expected
     payloads = folded.payloads(4)
     for group in range(4):
-        text = b"".join(payloads[group]).decode().split()
-        assert dict(zip(text[0::2], map(int, text[1::2]), strict=True)) == expected[group]
+        assert _expand(payloads[group]) == expected[group]
+        assert _expand(redis_store._payload(expected[group])) == expected[group]  # noqa: SLF001 - the per-item path's encoder
+
+
+def _expand(payload: tuple[bytes, bytes, bytes]) -> dict[str, int]:
+    """The delta the apply script's three payloads carry; their ``s:cpasum_{d}`` must be the sum of its ``cpa``."""
+    text = payload[0].decode().split()
+    delta = dict(zip(text[0::2], map(int, text[1::2]), strict=True))
+    sums = {d: delta.pop(f"s:cpasum_{d}", None) for d in ("in", "out")}
+    for direction, part in zip(("in", "out"), payload[1:], strict=True):
+        words = part.decode().split()
+        assert len(words) % 3 == 0
+        added = []
+        for cid, count, amount in zip(words[0::3], words[1::3], words[2::3], strict=True):
+            if count != "-":
+                delta[f"cp:{direction}:{cid}"] = int(count)
+            if amount != "-":
+                delta[f"cpa:{direction}:{cid}"] = int(amount)
+                added.append(int(amount))
+        assert sums[direction] == (sum(added) if added else None)
+    return delta

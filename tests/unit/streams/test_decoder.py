@@ -28,7 +28,7 @@ def test_the_decode_process_returns_what_the_thread_returns() -> None:
             results.append(decoder.submit(decode_parts, batch, NOW).result(timeout=60))
         finally:
             decoder.shutdown()
-    (cols_p, dead_p), (cols_t, dead_t) = results
+    (cols_p, dead_p, _), (cols_t, dead_t, _) = results
     for name in _FIELDS:
         assert getattr(cols_p, name).tolist() == getattr(cols_t, name).tolist(), name
     assert len(cols_p) == 2
