@@ -3,7 +3,7 @@
 Decoding (Arrow's JSON reader, the vectorised rules, hashing: :func:`streams.pipeline.decode_parts`) is
 most of the worker's Python per message. In a thread it shares one GIL with the Kafka fetch and the
 store's fold; measured with Kafka, Redis and the worker on two cores, half the machine stayed idle
-(docs/performance.md, "Now: a decode process and larger batches"). The process is started by a fork server (never forked from
+(docs/performance.md, "Earlier: a decode process and larger batches"). The process is started by a fork server (never forked from
 the worker, which runs threads) and imports :mod:`streams.pipeline` and the feature store's module; a batch
 goes over as its raw messages, and its columns, dead letters and the store's pure first step
 (:meth:`~streams.ports.FeatureStore.column_preparer`: for Redis, the batch grouped and folded into the apply

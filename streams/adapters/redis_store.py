@@ -374,8 +374,8 @@ def encoding_advice(client: Any) -> str | None:
         return None
     if value is None or not str(value).isdigit() or int(value) <= LISTPACK_ENTRIES_ADVISED:
         return None
-    return (f"Redis keeps hashes of up to {value} entries as listpacks (hash-max-listpack-entries); riskmon's "
-            f"feature writes take about twice the Redis time per invoice than with {LISTPACK_ENTRIES_ADVISED} "
+    return (f"Redis keeps hashes of up to {value} entries as listpacks (hash-max-listpack-entries): riskmon's "
+            f"feature writes take about twice the Redis time per invoice they take at {LISTPACK_ENTRIES_ADVISED} "
             f"(docs/performance.md, 'Redis hash encoding')")
 
 
