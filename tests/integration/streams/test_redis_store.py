@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 import redis
@@ -26,6 +26,7 @@ from streams.adapters.redis_store import (
 )
 from streams.columns import InvoiceColumns, columns_from_events
 from streams.dataset import DEFAULT_DATA_DIR, RejectedRow, iter_events
+from streams.events import InvoiceEvent
 from streams.errors import StoreUnavailable
 from streams.features.fold import fold_all
 from streams.features.vector import month_index
@@ -140,13 +141,7 @@ def test_memory_does_not_grow_when_the_same_invoices_are_redelivered(redis_clien
 def test_columnar_redelivery_leaves_memory_and_counters_unchanged(redis_client: redis.Redis, stream_prefix: str) -> None:
     """The worker's path (apply_columns): a Kafka redelivery (same offsets) and a producer re-send (new offsets,
     same event ids and content) write nothing: every key's MEMORY USAGE and every counter stay as they were."""
-    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 20_000) if not isinstance(e, RejectedRow)),
-                    key=lambda e: e.issue_date)
-    events, sources = _kafka_items(events, {})
-
-    def columns(at: list[int], shift: int = 0) -> InvoiceColumns:
-        return columns_from_events([events[i] for i in at], list(range(len(at))), "invoices",
-                                   [sources[i].partition for i in at], [sources[i].offset + shift for i in at])
+    events, columns = _real_slice(20_000)
 
     store = RedisFeatureStore(redis_client, stream_prefix)
     batches = [list(range(start, min(start + 2000, len(events)))) for start in range(0, len(events), 2000)]
@@ -236,13 +231,7 @@ def test_columns_prepared_elsewhere_apply_as_unprepared(redis_client: redis.Redi
     """The worker groups and folds a batch in its decode process (prepare_columns, pickled across): the same
     verdicts, counters and state as a store that prepares them itself, also for a batch mixing new events
     with re-sent ones (the second round trip folds the new ones anew); a preparation of other columns is ignored."""
-    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 6_000) if not isinstance(e, RejectedRow)),
-                    key=lambda e: e.issue_date)
-    events, sources = _kafka_items(events, {})
-
-    def columns(at: list[int], shift: int = 0) -> InvoiceColumns:
-        return columns_from_events([events[i] for i in at], list(range(len(at))), "invoices",
-                                   [sources[i].partition for i in at], [sources[i].offset + shift for i in at])
+    events, columns = _real_slice(6_000)
 
     plain = RedisFeatureStore(redis_client, stream_prefix + ":plain")
     prepared = RedisFeatureStore(redis_client, stream_prefix + ":prepared")
@@ -269,3 +258,17 @@ def test_columns_prepared_elsewhere_apply_as_unprepared(redis_client: redis.Redi
 
 
 _VERDICT_OF = {code: verdict for verdict, code in VERDICT_LETTERS.items()}
+
+
+def _real_slice(n: int) -> tuple[list[InvoiceEvent], Callable[..., InvoiceColumns]]:
+    """The first ``n`` real invoices in issue-date order as Kafka items, and ``columns(at, shift=0)``: the rows
+    ``at`` as a polled batch's columns, their offsets moved by ``shift`` (a producer's re-send)."""
+    events = sorted((e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), n) if not isinstance(e, RejectedRow)),
+                    key=lambda e: e.issue_date)
+    events, sources = _kafka_items(events, {})
+
+    def columns(at: list[int], shift: int = 0) -> InvoiceColumns:
+        return columns_from_events([events[i] for i in at], list(range(len(at))), "invoices",
+                                   [sources[i].partition for i in at], [sources[i].offset + shift for i in at])
+
+    return events, columns
