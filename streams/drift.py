@@ -27,66 +27,18 @@ True
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from types import ModuleType
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+from river import drift as river_drift
 
 DetectorName = Literal["adwin", "page_hinkley"]
 
 #: Floor for an empty bin's share, so PSI stays finite (a common convention).
 PSI_EPSILON = 1e-4
-
-
-@cache
-def river_detector(name: DetectorName) -> Any:
-    """River's ``ADWIN`` or ``PageHinkley`` class, without importing the ``river.drift`` package.
-
-    ``river/drift/__init__.py`` imports River's drift data sets, which import scikit-learn and
-    SciPy: about 3 s of CPU for two small classes, paid by every backtest's start. Their own
-    modules import only ``river.base``, ``river.stats`` and River's compiled core, so they are
-    loaded here from River's files under their own names; where ``river.drift`` is already
-    imported (or River's layout differs), its classes are used. Either way the detector is
-    River's code.
-
-    Examples
-    --------
-    >>> river_detector("page_hinkley").__name__, river_detector("adwin").__name__
-    ('PageHinkley', 'ADWIN')
-    """
-    module_name, class_name = {"adwin": ("adwin", "ADWIN"), "page_hinkley": ("page_hinkley", "PageHinkley")}[name]
-    if "river.drift" not in sys.modules:
-        module = _river_drift_module(module_name)
-        if module is not None and hasattr(module, class_name):
-            return getattr(module, class_name)
-    from river import drift
-
-    return getattr(drift, class_name)
-
-
-def _river_drift_module(module_name: str) -> ModuleType | None:
-    """``river/drift/<module_name>.py`` executed as ``streams._river_drift.<module_name>``, or None."""
-    import river
-
-    paths = list(getattr(river, "__path__", []))
-    if not paths:
-        return None
-    spec = importlib.util.spec_from_file_location(f"streams._river_drift.{module_name}",
-                                                  f"{paths[0]}/drift/{module_name}.py")
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except (ImportError, OSError):
-        return None
-    return module
 
 
 def psi(reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, n_bins: int = 10) -> float:
@@ -191,9 +143,9 @@ class DriftMonitor:
 
     def __post_init__(self) -> None:
         if self.detector == "adwin":
-            self._impl = river_detector("adwin")(delta=self.adwin_delta)
+            self._impl = river_drift.ADWIN(delta=self.adwin_delta)  # type: ignore[no-untyped-call]
         elif self.detector == "page_hinkley":
-            self._impl = river_detector("page_hinkley")(
+            self._impl = river_drift.PageHinkley(
                 min_instances=self.min_instances, delta=self.delta, threshold=self.threshold
             )
         else:

@@ -177,39 +177,8 @@ class Discrimination:
     n_defaulted: int
 
 
-def roc_curve(default_probability: np.ndarray, defaulted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct threshold, as ``sklearn.metrics.roc_curve`` gives them.
-
-    Written here because importing scikit-learn (with SciPy) costs a backtest about 3 s of its
-    start for a few lines of numpy; the same arithmetic in the same order (thresholds at the
-    distinct scores in descending order, collinear points dropped as ``drop_intermediate``
-    does, a leading (0, 0)), so the rates are bit for bit scikit-learn's
-    (``tests/unit/backtest/test_pieces.py`` compares them on random inputs). Both classes present.
-
-    Examples
-    --------
-    >>> fpr, tpr = roc_curve(np.array([0.9, 0.8, 0.3, 0.1]), np.array([True, False, True, False]))
-    >>> fpr.tolist(), tpr.tolist()
-    ([0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0])
-    """
-    order = np.argsort(default_probability, kind="stable")[::-1]  # descending; ties end up in one threshold
-    score = default_probability[order]
-    positive = defaulted[order].astype(np.float64)
-    threshold_idxs = np.concatenate([np.nonzero(np.diff(score))[0], [score.size - 1]])
-    tps = np.cumsum(positive * 1.0, dtype=np.float64)[threshold_idxs]
-    fps = 1 + threshold_idxs.astype(np.float64) - tps
-    if fps.shape[0] > 2:  # drop the points between collinear ones (no corner there)
-        keep = np.where(np.concatenate([[True], np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), [True]]))[0]
-        fps, tps = fps[keep], tps[keep]
-    tps = np.concatenate([np.asarray([0.0]), tps])
-    fps = np.concatenate([np.asarray([0.0]), fps])
-    return fps / fps[-1], tps / tps[-1]
-
-
 def roc_ks(default_probability: Sequence[float] | np.ndarray, defaulted: Sequence[bool] | np.ndarray) -> Discrimination:
     """ROC AUC and the Kolmogorov-Smirnov statistic (max TPR - FPR); NaN with one class only.
-
-    The AUC is the trapezoidal area under :func:`roc_curve` (``sklearn.metrics.roc_auc_score``'s value).
 
     Examples
     --------
@@ -217,42 +186,31 @@ def roc_ks(default_probability: Sequence[float] | np.ndarray, defaulted: Sequenc
     >>> d.auc, d.ks
     (0.75, 0.5)
     """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     p = np.asarray(default_probability, dtype=np.float64)
     y = np.asarray(defaulted, dtype=bool)
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         return Discrimination(math.nan, math.nan, np.array([0.0, 1.0]), np.array([0.0, 1.0]), int(y.size), n_pos)
-    fpr, tpr = roc_curve(p, y)
-    auc = float(np.add.reduce(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))  # the trapezoid rule, as SciPy's
-    return Discrimination(auc, float(np.max(tpr - fpr)), fpr, tpr, int(y.size), n_pos)
+    fpr, tpr, _ = roc_curve(y, p)
+    return Discrimination(float(roc_auc_score(y, p)), float(np.max(tpr - fpr)), fpr, tpr, int(y.size), n_pos)
 
 
 def log_loss(default_probability: Sequence[float] | np.ndarray, defaulted: Sequence[bool] | np.ndarray) -> float:
     """Mean log loss of default probabilities against the outcomes (clipped at 1e-6); NaN without rows.
-
-    ``sklearn.metrics.log_loss(defaulted, p, labels=[0, 1])`` bit for bit, without importing
-    scikit-learn (see :func:`roc_curve`): the two-column probabilities clipped at machine
-    epsilon, minus the log of the outcome's column, averaged.
 
     Examples
     --------
     >>> round(log_loss([0.9, 0.2], [True, False]), 4)
     0.1643
     """
+    from sklearn.metrics import log_loss as sk_log_loss
+
     p = np.clip(np.asarray(default_probability, dtype=np.float64), 1e-6, 1 - 1e-6)
     if p.size == 0:
         return math.nan
-    y = np.asarray(defaulted, dtype=int)
-    if y.shape != p.shape or not np.isin(y, (0, 1)).all():
-        raise ValueError(f"log_loss needs one 0/1 outcome per probability, got {y.shape} for {p.shape}")
-    proba = np.concatenate([1 - p[:, np.newaxis], p[:, np.newaxis]], axis=1)
-    eps = np.finfo(proba.dtype).eps
-    proba = np.clip(proba, eps, 1 - eps)
-    labels = np.stack([y == 0, y == 1], axis=1).astype(proba.dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = labels * np.log(proba)
-    loss = -np.sum(np.where(labels == 0.0, 0.0, terms), axis=1)
-    return float(np.average(loss))
+    return float(sk_log_loss(np.asarray(defaulted, dtype=int), p, labels=[0, 1]))
 
 
 def first_flag_dates(

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from streams.backtest.asof import parse_as_of, period_ends
 from streams.backtest.outcomes import LineView, Outcome, first_flag_dates, flat_allocation, realised_profit, roc_ks
@@ -114,58 +112,3 @@ def test_drift_monitor_uses_event_time_and_is_deterministic() -> None:
     assert quiet.update(float("nan"), 99) is None and quiet.n_seen == 36
     with pytest.raises(ValueError, match="unknown detector"):
         DriftMonitor("x", "cusum")  # type: ignore[arg-type]
-
-
-_PROBABILITIES = st.one_of(
-    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=80),
-    st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 1e-7, 1 - 1e-7]), min_size=1, max_size=80),  # ties, clipping
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(_PROBABILITIES, st.data())
-def test_roc_and_log_loss_are_scikit_learns_bit_for_bit(p: list[float], data: st.DataObject) -> None:
-    from sklearn.metrics import log_loss as sk_log_loss
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    from streams.backtest.outcomes import log_loss
-
-    y = data.draw(st.lists(st.booleans(), min_size=len(p), max_size=len(p)))
-    clipped = np.clip(np.asarray(p), 1e-6, 1 - 1e-6)
-    assert log_loss(p, y) == float(sk_log_loss(np.asarray(y, dtype=int), clipped, labels=[0, 1]))
-    d = roc_ks(p, y)
-    if 0 < sum(y) < len(y):
-        fpr, tpr, _ = roc_curve(y, p)
-        assert d.fpr.tolist() == fpr.tolist() and d.tpr.tolist() == tpr.tolist()
-        assert d.auc == float(roc_auc_score(y, p)) and d.ks == float(np.max(tpr - fpr))
-    else:
-        assert np.isnan(d.auc) and np.isnan(d.ks)
-
-
-def test_drift_detectors_are_rivers_own_classes_and_raise_the_same_alarms() -> None:
-    import subprocess
-    import sys
-
-    from streams.drift import river_detector
-
-    series = [0.0] * 60 + [4.0] * 40 + [1.0] * 50
-    alarms = {}
-    for name in ("adwin", "page_hinkley"):
-        monitor = DriftMonitor("x", name, min_instances=5, threshold=5.0)
-        alarms[name] = [t for t, v in enumerate(series) if monitor.update(v, t) is not None]
-        assert river_detector(name).__module__ == f"streams._river_drift.{name}"
-    assert alarms["adwin"] and alarms["page_hinkley"]
-    # the same series through river.drift imported in full (its data sets, scikit-learn): the same alarms
-    code = ("import json, river.drift, sys\n"
-            "from streams.drift import DriftMonitor, river_detector\n"
-            "assert river_detector('adwin') is river.drift.ADWIN\n"
-            f"series = {series!r}\n"
-            "out = {}\n"
-            "for name in ('adwin', 'page_hinkley'):\n"
-            "    m = DriftMonitor('x', name, min_instances=5, threshold=5.0)\n"
-            "    out[name] = [t for t, v in enumerate(series) if m.update(v, t) is not None]\n"
-            "print(json.dumps(out))")
-    full = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    import json
-
-    assert json.loads(full) == alarms

