@@ -54,6 +54,7 @@ import zlib
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -512,11 +513,16 @@ def prepare_columns(cols: InvoiceColumns) -> PreparedColumns:
     n = len(combined)
     first = np.full(n, len(codes), dtype=np.int64)
     np.minimum.at(first, codes, np.arange(len(codes)))
-    yyyymm = (cols.month // 12) * 100 + cols.month % 12 + 1
     rows = np.argsort(codes, kind="stable")  # the first attempt's order (RedisFeatureStore._apply_groups)
-    payloads = fold_columns(codes[rows], yyyymm[rows], cols.out[rows], cols.void[rows], cols.amount_cents[rows],
-                            cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n)
-    return PreparedColumns(codes, first, payloads)
+    return PreparedColumns(codes, first, _fold_payloads(cols, codes, rows, n))
+
+
+def _fold_payloads(cols: InvoiceColumns, codes: np.ndarray, rows: np.ndarray,
+                   n_groups: int) -> list[tuple[bytes, bytes, bytes]]:
+    """The apply script's payloads of each group code, folded from the events at ``rows``."""
+    month = cols.month[rows]
+    return fold_columns(codes[rows], (month // 12) * 100 + month % 12 + 1, cols.out[rows], cols.void[rows],
+                        cols.amount_cents[rows], cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n_groups)
 
 
 def _runs(months: np.ndarray) -> str:
@@ -633,18 +639,13 @@ class RedisFeatureStore:
             prepared = prepare_columns(cols)
         codes, first, n = prepared.codes, prepared.first, prepared.n_groups
         has_fence = cols.offset >= 0
-        yyyymm = (cols.month // 12) * 100 + cols.month % 12 + 1
         topic = cols.topic
-
-        def fold(rows: np.ndarray) -> list[tuple[bytes, bytes, bytes]]:
-            return fold_columns(codes[rows], yyyymm[rows], cols.out[rows], cols.void[rows], cols.amount_cents[rows],
-                                cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n)
-
         groups = _Groups(codes=codes, eids=[str(e) for e in cols.enterprise_id[first]],
                          fences=[f"{topic}/{int(p)}" if h else "" for p, h in
                                  zip(cols.partition[first].tolist(), has_fence[first].tolist(), strict=True)],
                          names=_first_names(cols.name, codes, n), ids=cols.id_hash, contents=cols.content_hash,
-                         months=cols.month.astype(np.int64), offsets=cols.offset, fold=fold,
+                         months=cols.month.astype(np.int64), offsets=cols.offset,
+                         fold=partial(_fold_payloads, cols, codes, n_groups=n),
                          first_payloads=prepared.payloads)
         letters, counters = self._apply_groups(groups)
         return ColumnsWrite(letters, counters)

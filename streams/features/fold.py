@@ -238,14 +238,15 @@ _MONTH_KINDS: Final = ("n", "void", "valid", "amt", "tot", "ret", "retamt", "gro
 class FoldedDeltas:
     """The summed deltas of groups of events (:func:`fold_columns`): entries sorted by group.
 
-    Entry ``j`` adds ``values[j]`` to counter ``keys[j]`` of group ``group[j]``; a counter is named
-    when at least one event of the group contributes to it (as in the sum of :func:`invoice_delta`).
+    Entry ``j`` adds ``values[j]`` to counter ``keys[j]`` of group ``group[j]`` (the month counters);
+    ``cp`` holds the counterparty counters ``cp:{d}:{id}`` and ``cpa:{d}:{id}`` as a table. A counter is
+    named when at least one event of the group contributes to it (as in the sum of :func:`invoice_delta`).
     """
 
     group: np.ndarray  # int64, ascending
     keys: pa.StringArray
     values: np.ndarray  # int64
-    cp: CounterpartyDeltas | None = None  # the cp:/cpa: entries again, as a table (fold_columns)
+    cp: CounterpartyDeltas
 
     def _bounds(self, n_groups: int) -> np.ndarray:
         return np.searchsorted(self.group, np.arange(n_groups + 1), side="left")
@@ -255,21 +256,26 @@ class FoldedDeltas:
         keys = self.keys.to_pylist()
         values = self.values.tolist()
         bounds = self._bounds(n_groups).tolist()
-        return [dict(zip(keys[bounds[g]:bounds[g + 1]], values[bounds[g]:bounds[g + 1]], strict=True))
-                for g in range(n_groups)]
+        out = [dict(zip(keys[bounds[g]:bounds[g + 1]], values[bounds[g]:bounds[g + 1]], strict=True))
+               for g in range(n_groups)]
+        cp = self.cp
+        for g, out_, cid, n, gross in zip(cp.group.tolist(), cp.out.tolist(), cp.ids.to_pylist(), cp.n.tolist(),
+                                          cp.gross.tolist(), strict=True):
+            direction = "out" if out_ else "in"
+            out[g][f"cp:{direction}:{cid}"] = n
+            if gross > 0:
+                out[g][f"cpa:{direction}:{cid}"] = gross
+        return out
 
     def payloads(self, n_groups: int) -> list[tuple[bytes, bytes, bytes]]:
         """Per group, its delta as the Redis apply script's three payloads (``streams.adapters.redis_store``):
         the counters as ``b"key value key value "`` (counter names hold no whitespace) with ``s:cpasum_{d}``,
         the sum of a direction's ``cpa`` increments, when it has any; then for ``in`` and for ``out`` its
         counterparties as ``b"id count amount "`` (``-``: no ``cpa`` increment)."""
-        if self.cp is None:
-            raise ValueError("payloads() needs the counterparty table fold_columns() keeps")
         cp = self.cp
-        plain = ~_ok_np(pc.starts_with(self.keys, "cp"))  # cp: and cpa: travel as the counterparty table
-        texts: list[pa.Array] = [pc.binary_join_element_wise(pc.filter(self.keys, pa.array(plain)),
-                                                             pc.cast(pa.array(self.values[plain]), pa.string()), "", " ")]
-        groups, kinds = [self.group[plain]], [np.zeros(int(plain.sum()), dtype=np.int64)]
+        texts: list[pa.Array] = [pc.binary_join_element_wise(self.keys, pc.cast(pa.array(self.values), pa.string()),
+                                                             "", " ")]
+        groups, kinds = [self.group], [np.zeros(len(self.group), dtype=np.int64)]
         if len(cp.group):
             pos = cp.gross > 0
             sums = pd.DataFrame({"g": cp.group[pos], "o": cp.out[pos], "a": cp.gross[pos]}).groupby(["g", "o"]).sum()
@@ -311,10 +317,6 @@ class CounterpartyDeltas:
     gross: np.ndarray  # int64: the cpa:{d}:{id} increment (named only when > 0)
 
 
-def _ok_np(mask: object) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def fold_columns(group: np.ndarray, yyyymm: np.ndarray, out: np.ndarray, void: np.ndarray,
                  amount_cents: np.ndarray, total_cents: np.ndarray, counterparty: np.ndarray) -> FoldedDeltas:
     """The sum of :func:`invoice_delta` over the events of each group, for whole columns at once.
@@ -339,7 +341,7 @@ def fold_columns(group: np.ndarray, yyyymm: np.ndarray, out: np.ndarray, void: n
         "gross": np.where(pos, amount_cents, 0), "pos": pos.astype(np.int64), "cp": counterparty,
     })
     month = frame.drop(columns="cp").groupby(["g", "m", "o"], sort=False).sum()
-    cps = frame.groupby(["g", "o", "cp"], sort=False)[["n", "gross", "pos"]].sum()
+    cps = frame.groupby(["g", "o", "cp"], sort=False)[["n", "gross"]].sum()
     groups: list[np.ndarray] = []
     keys: list[pa.Array] = []
     values: list[np.ndarray] = []
@@ -357,21 +359,11 @@ def fold_columns(group: np.ndarray, yyyymm: np.ndarray, out: np.ndarray, void: n
         groups.append(mg[mask])
         keys.append(pc.binary_join_element_wise("m:", pc.take(m_text, where), f":{kind}_", pc.take(m_dir, where), ""))
         values.append(month[kind].to_numpy(dtype=np.int64)[mask])
-    cg = cps.index.get_level_values(0).to_numpy(dtype=np.int64)
-    c_dir = pa.array(np.where(cps.index.get_level_values(1).to_numpy(dtype=bool), "out", "in"))
-    c_id = pa.array(cps.index.get_level_values(2).to_numpy(dtype=object), type=pa.string())
-    groups.append(cg)
-    keys.append(pc.binary_join_element_wise("cp:", c_dir, ":", c_id, ""))
-    values.append(cps["n"].to_numpy(dtype=np.int64))
-    mask = cps["pos"].to_numpy() > 0
-    if mask.any():
-        where = pa.array(np.flatnonzero(mask))
-        groups.append(cg[mask])
-        keys.append(pc.binary_join_element_wise("cpa:", pc.take(c_dir, where), ":", pc.take(c_id, where), ""))
-        values.append(cps["gross"].to_numpy(dtype=np.int64)[mask])
     group_all = np.concatenate(groups)
     order = np.argsort(group_all, kind="stable")
     key_all = pa.concat_arrays([k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys])
-    table = CounterpartyDeltas(cg, cps.index.get_level_values(1).to_numpy(dtype=bool), c_id,
+    table = CounterpartyDeltas(cps.index.get_level_values(0).to_numpy(dtype=np.int64),
+                               cps.index.get_level_values(1).to_numpy(dtype=bool),
+                               pa.array(cps.index.get_level_values(2).to_numpy(dtype=object), type=pa.string()),
                                cps["n"].to_numpy(dtype=np.int64), cps["gross"].to_numpy(dtype=np.int64))
     return FoldedDeltas(group_all[order], pc.take(key_all, pa.array(order)), np.concatenate(values)[order], table)
