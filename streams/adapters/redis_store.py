@@ -59,6 +59,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 import redis
 import redis.cluster
@@ -525,14 +527,29 @@ def _fold_payloads(cols: InvoiceColumns, codes: np.ndarray, rows: np.ndarray,
                         cols.amount_cents[rows], cols.total_cents[rows], cols.counterparty_id[rows]).payloads(n_groups)
 
 
-def _runs(months: np.ndarray) -> str:
-    """Issue months in event order as runs ``"month count month count "`` (a batch's events of an enterprise
-    mostly share one or two months)."""
-    if len(months) == 1:
-        return f"{int(months[0])} 1 "
-    starts = np.flatnonzero(np.diff(months, prepend=months[0] - 1))
-    counts = np.diff(np.append(starts, len(months)))
-    return "".join(f"{m} {c} " for m, c in zip(months[starts].tolist(), counts.tolist(), strict=True))
+def _runs_by_group(codes: np.ndarray, months: np.ndarray, starts: np.ndarray) -> list[bytes]:
+    """Per group, its events' issue months as runs ``"month count month count "`` in event order (a batch's
+    events of an enterprise mostly share one or two months); ``codes`` ascending (a group's events together, in
+    event order), ``starts`` the first position of each group; one text per group, in that order."""
+    n = len(codes)
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (codes[1:] != codes[:-1]) | (months[1:] != months[:-1])
+    at = np.flatnonzero(new_run)
+    counts = np.diff(np.append(at, n))
+    text = pc.binary_join_element_wise(pc.cast(pa.array(months[at]), pa.string()),
+                                       pc.cast(pa.array(counts), pa.string()), "", " ")
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=text.offset * 4)
+    data = text.buffers()[2].to_pybytes()
+    cut = offsets[np.append(np.searchsorted(at, starts), len(at))].tolist()  # a group's first event opens a run
+    return [data[cut[j]:cut[j + 1]] for j in range(len(starts))]
+
+
+def _ascending_by_group(codes: np.ndarray, offsets: np.ndarray, starts: np.ndarray) -> list[str]:
+    """Per group (``codes`` ascending, ``starts`` as :func:`_runs_by_group`): ``"1"`` when its offsets ascend."""
+    falls = np.flatnonzero((offsets[1:] < offsets[:-1]) & (codes[1:] == codes[:-1])) + 1
+    flags = np.full(len(starts), "1", dtype=object)
+    flags[np.searchsorted(starts, falls, side="right") - 1] = "0"
+    return flags.tolist()
 
 
 def _payload(delta: Mapping[str, int]) -> tuple[bytes, bytes, bytes]:
@@ -676,6 +693,8 @@ class RedisFeatureStore:
             months_sorted = groups.months[order]
             offsets_sorted = groups.offsets[order]
             offsets = offsets_sorted.astype("<i8").tobytes()
+            runs = _runs_by_group(codes, months_sorted, starts)
+            ascending = _ascending_by_group(codes, offsets_sorted, starts)
             calls: list[tuple[list[str], list[Any]]] = []
             keys: list[str] = []
             args: list[Any] = [self._window]
@@ -685,8 +704,7 @@ class RedisFeatureStore:
                 eid = groups.eids[g]
                 keys += [self._k.ent(eid, "counters"), self._k.ent(eid, "cp"), self._k.ent(eid, "meta")]
                 args += [groups.names[g] or "", groups.fences[g], ceilings.get(g, -1), ids[8 * s:8 * e],
-                         contents[8 * s:8 * e], _runs(months_sorted[s:e]), offsets[8 * s:8 * e], *payloads[g],
-                         "1" if bool(np.all(np.diff(offsets_sorted[s:e]) >= 0)) else "0"]
+                         contents[8 * s:8 * e], runs[j], offsets[8 * s:8 * e], *payloads[g], ascending[j]]
                 full = len(keys) >= 3 * self._groups_per_call or e - call_start >= EVENTS_PER_CALL
                 if full or j == len(present) - 1:
                     calls.append((keys, args))
@@ -709,27 +727,32 @@ class RedisFeatureStore:
             if recorded and self._pending == recorded:
                 self._pending = {}
             replies = [x for result in results for x in result]
-            again: list[np.ndarray] = []
             for j, g in enumerate(present.tolist()):
-                verdict, values = replies[2 * j], replies[2 * j + 1]
                 eid = groups.eids[g]
-                fields = values.split()
+                fields = replies[2 * j + 1].decode().split()
                 try:
-                    counters.setdefault(eid, {}).update(
-                        zip([f.decode() for f in fields[0::2]], [int(v) for v in fields[1::2]], strict=True))
+                    counters.setdefault(eid, {}).update(zip(fields[0::2], map(int, fields[1::2]), strict=True))
                 except ValueError as exc:
                     raise CorruptState(f"non-integer counter for {eid} under {self._k.base}") from exc
-                judged = np.frombuffer(verdict, dtype=np.uint8)
+            judged_all = np.frombuffer(b"".join(replies[0::2]), dtype=np.uint8)
+            if len(judged_all) != len(order):
+                raise CorruptState(f"the apply script judged {len(judged_all)} events of {len(order)}")
+            if first:
+                letters[order] = judged_all
+            again: list[np.ndarray] = []
+            # only groups with an event not applied need more (the common batch has none)
+            for j in np.flatnonzero(np.add.reduceat(judged_all != ord("a"), starts)).tolist():
+                g = int(present[j])
+                judged = judged_all[bounds[j]:bounds[j + 1]]
                 at = order[bounds[j]:bounds[j + 1]]
                 dead = (judged == ord("c")) | (judged == ord("l"))
                 if dead.any():
                     lowest = int(groups.offsets[at][dead].min()) - 1
                     ceilings[g] = min(ceilings.get(g, lowest), lowest)
                 applied = judged == ord("a")
-                if first or not applied.all():  # a second judgement that differs: another writer
-                    letters[at] = judged
-                    if applied.any() and not applied.all():  # nothing written: send the new ones alone
-                        again.append(at[applied])
+                letters[at] = judged  # a second judgement that differs: another writer
+                if applied.any():  # nothing written: send the new ones alone
+                    again.append(at[applied])
             if not again:
                 return letters, counters
             rows, first = np.sort(np.concatenate(again)), False
