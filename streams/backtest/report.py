@@ -353,9 +353,9 @@ class FigureProcess:
 
     Start it early (before the data work); :meth:`submit` sends the finished result (pickled,
     through a pipe, never to disk) and returns a function that waits for the PNGs. The
-    figures are :func:`streams.backtest.figures.render_figures`'s: the same pictures, though not
-    promised byte for byte (one CI run drew a PNG whose bytes differed from the one drawn in the
-    parent). A process that is never sent a result ends when :meth:`close` is called or this one exits.
+    figures are :func:`streams.backtest.figures.render_figures`'s: the same pictures, though their PNG
+    bytes are not promised equal to those drawn in another process. A process that is never sent a
+    result ends when :meth:`close` is called or this one exits.
     """
 
     def __init__(self, *, parallel: bool = True) -> None:

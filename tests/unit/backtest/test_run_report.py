@@ -153,10 +153,10 @@ _PNG = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
 def _same_picture(fid: str, a: str, b: str) -> None:
     """Two base64 PNGs show the same picture: same size, RMS pixel difference below 2 (of 255).
 
-    Not byte for byte: one CI run (a fresh machine) drew a figure in the forked process whose PNG
-    bytes differed from the parent's, which never happened here in 40 runs over 30 hash seeds, so
-    the cause is not known; matplotlib's own image tests compare with a tolerance as well. A figure
-    drawn from other data differs in size or by far more; the failure names the figure.
+    Not byte for byte: the bytes of one figure drawn in two processes are not promised (matplotlib's
+    own image tests compare with a tolerance as well). Figures pickled to another process and drawn
+    there once came out differently by an RMS of 52, which is why render_figures no longer sends built
+    figures; a difference like that, or a figure drawn from other data, fails here, named.
     """
     if a == b:
         return
