@@ -116,15 +116,26 @@ class _Progress:
         return longest
 
 
-async def _leaders(kafka: KafkaSettings, topic: str) -> dict[int, tuple[int, int]]:
-    """partition -> (leader node id, number of replicas)."""
+async def _leaders(kafka: KafkaSettings, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[int, tuple[int, int]]:
+    """partition -> (leader node id, number of replicas), once every partition has a leader.
+
+    A topic just created is known to the controller first; the broker the admin client asks may
+    answer for a moment without it (one CI run read ``{}`` here), so the answer is awaited.
+    """
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:
-        described = await admin.describe_topics([topic])
-        return {p["partition"]: (p["leader"], len(p["replicas"])) for p in described[0]["partitions"]}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            leaders = {p["partition"]: (p["leader"], len(p["replicas"])) for p in described["partitions"]}
+            if len(leaders) == partitions and all(leader >= 0 for leader, _ in leaders.values()):
+                return leaders
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: {partitions} partitions with a leader not seen in {timeout_s} s: {described}")
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
 
@@ -167,7 +178,7 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
     settings = d.settings()
     topics = d.topics()
     asyncio.run(ensure_topics(settings.kafka, topics))
-    leaders = asyncio.run(_leaders(settings.kafka, topics.invoices))
+    leaders = asyncio.run(_leaders(settings.kafka, topics.invoices, topics.partitions))
     assert {replicas for _, replicas in leaders.values()} == {3}, leaders
     victim = Counter(leader for leader, _ in leaders.values()).most_common(1)[0][0]
     client = redis.Redis.from_url(redis_url)
@@ -200,7 +211,7 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
             line = CreditLine.model_validate_json(value)
             lines[line.enterprise_id] = line
         dead = [DeadLetter.model_validate_json(v) for _, v, _ in read(d, topics.dlq)]
-        after = asyncio.run(_leaders(settings.kafka, topics.invoices))
+        after = asyncio.run(_leaders(settings.kafka, topics.invoices, topics.partitions))
     finally:
         code = worker.stop()
     assert code == 0, worker.log_tail()

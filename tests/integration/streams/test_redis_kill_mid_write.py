@@ -2,10 +2,13 @@
 
 The test runs its own redis-server (``appendfsync always``) on a free port, folds real invoices
 through the worker's store stack (CachedFeatureStore over RedisFeatureStore, Kafka-like offsets),
-kills the server while a 10 000-event batch is being written, restarts it, and retries the batch
-as the worker does. Then, for every enterprise, the cached counters (what the worker scores from)
-equal a fresh read from Redis, and the features computed from both are the same; and Redis equals
-the batch fold (with ``always``, nothing acknowledged is lost; what was not acknowledged is redone).
+kills the server inside a 10 000-event batch's write, restarts it, and retries the batch as the
+worker does. The client talks to Redis through a small proxy that, for that batch, holds Redis's
+replies back: the kill comes once the append-only file holds the batch's first script whole, so
+Redis has applied (part of) the batch and the worker has had no reply, whatever the machine's
+speed (before, the kill raced the reply, and in one CI run the reply won). Then, for every
+enterprise, the cached counters (what the worker scores from) equal a fresh read from Redis, and
+the features computed from both are the same; and Redis equals the batch fold (with ``always``, nothing acknowledged is lost; what was not acknowledged is redone).
 
 A second test restarts a server running ``scripts/services``' own configuration (locked down) and checks
 that every feature written before the restart is still there (issue 11: the chaos suite's Redis faults).
@@ -65,6 +68,65 @@ def _start(port: int, folder: Path, config: Path | None = None, **auth: str) -> 
     pytest.fail("redis-server did not start")
 
 
+class _ReplyHoldingProxy:
+    """TCP proxy to a Redis port that forwards every request and, while ``hold`` is set, drops the replies.
+
+    ``arm()``: ``hold`` is set just before the next request holding an EVALSHA is forwarded (redis-py asks
+    SCRIPT EXISTS first and waits for that reply), so the replies from that call on are dropped.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.armed = threading.Event()
+        self.hold = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # Redis is down: the client sees its connection closed
+                client.close()
+                continue
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def arm(self) -> None:
+        self.hold.clear()
+        self.armed.set()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        tail = b""
+        try:
+            while data := source.recv(1 << 16):
+                if not replies and self.armed.is_set() and b"EVALSHA" in tail + data:
+                    self.hold.set()
+                    self.armed.clear()
+                tail = data[-8:]
+                if not (replies and self.hold.is_set()):
+                    sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):  # one side gone: the other sees the connection closed
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
+
+
 def _aof_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*.aof*") if p.is_file())
 
@@ -91,7 +153,8 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
         offsets[p] += 1
     port = _free_port()
     proc = _start(port, tmp_path)
-    client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+    proxy = _ReplyHoldingProxy(port)
+    client = redis.Redis(port=proxy.port, socket_timeout=5, socket_connect_timeout=1)
     store = CachedFeatureStore(RedisFeatureStore(client, "kill"))
     batch = 10_000
     killed_at = None
@@ -110,6 +173,7 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
                         time.sleep(0.0005)
                     os.kill(proc.pid, signal.SIGKILL)
 
+                proxy.arm()  # from the batch's first script on no reply reaches the worker: the kill lands before it hears back
                 thread = threading.Thread(target=killer)
                 thread.start()
                 with pytest.raises(StoreUnavailable):
@@ -117,6 +181,8 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
                 thread.join()
                 killed_at = _aof_bytes(tmp_path) - size0
                 proc.wait()
+                assert proxy.hold.is_set(), "the batch sent no script"
+                proxy.hold.clear()
                 proc = _start(port, tmp_path)
                 partly = RedisFeatureStore(client, "kill").load_many(ids)
                 assert sum(s.n_events for s in partly) > 2 * batch, "the kill landed before any of the batch was written"
@@ -135,6 +201,7 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
         assert killed_at is not None and killed_at > 0
     finally:
         client.close()
+        proxy.close()
         proc.kill()
         proc.wait()
 
