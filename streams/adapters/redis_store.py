@@ -69,7 +69,7 @@ from streams.adapters.dedup import content_hash, fence_field, id_hash
 from streams.alerts import WatchState
 from streams.errors import CorruptState, StoreRestarted, StoreUnavailable
 from streams.events import CreditLine, EnterpriseScore
-from streams.features.fold import EnterpriseState, check_delta, fold_columns
+from streams.features.fold import EnterpriseState, check_delta, fold_columns, joined_runs
 from streams.ports import (DEAD_LETTER_VERDICTS, DEFAULT_DEDUP_WINDOW_MONTHS, ColumnsWrite, DeltaItem, EnterpriseInfo,
                            StoreWrite, Verdict, VERDICT_LETTERS)
 from streams.settings import RedisSettings
@@ -538,10 +538,7 @@ def _runs_by_group(codes: np.ndarray, months: np.ndarray, starts: np.ndarray) ->
     counts = np.diff(np.append(at, n))
     text = pc.binary_join_element_wise(pc.cast(pa.array(months[at]), pa.string()),
                                        pc.cast(pa.array(counts), pa.string()), "", " ")
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=text.offset * 4)
-    data = text.buffers()[2].to_pybytes()
-    cut = offsets[np.append(np.searchsorted(at, starts), len(at))].tolist()  # a group's first event opens a run
-    return [data[cut[j]:cut[j + 1]] for j in range(len(starts))]
+    return joined_runs(text, np.append(np.searchsorted(at, starts), len(at)))  # a group's first event opens a run
 
 
 def _ascending_by_group(codes: np.ndarray, offsets: np.ndarray, starts: np.ndarray) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import math
 import multiprocessing
 import os
@@ -33,6 +34,8 @@ from streams.backtest.report import (  # noqa: E402
     groups_frame,
     lines_table,
     psi_frame,
+    receive_outcome,
+    send_outcome,
     summary_table,
 )
 from streams.backtest.run import BacktestResult  # noqa: E402
@@ -69,15 +72,6 @@ def _draw(result: BacktestResult, share: int | None) -> dict[str, str]:
     return {fid: png for fid, png in _figures(result, _Renderer(share)).items() if png is not None}
 
 
-def _draw_into(result: BacktestResult, share: int, conn: Any) -> None:
-    try:
-        conn.send((True, _draw(result, share)))
-    except BaseException as exc:  # handed to the parent, which raises it
-        conn.send((False, exc))
-    finally:
-        conn.close()
-
-
 def render_figures(result: BacktestResult, *, parallel: bool = True) -> dict[str, str]:
     """Every figure of the report as base64 PNG, keyed by figure id (``parallel``: in two processes).
 
@@ -91,32 +85,17 @@ def render_figures(result: BacktestResult, *, parallel: bool = True) -> dict[str
         return _draw(result, None)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_draw_into, args=(result, 0, send), name="backtest-figures-half")
+    child = context.Process(target=send_outcome, args=(send, _draw, result, 0), name="backtest-figures-half")
     child.start()
     send.close()
     try:
         mine = _draw(result, 1)
-        try:
-            ok, theirs = receive.recv()
-        except EOFError:
-            child.join()
-            raise RuntimeError(f"the second process drawing the figures died (exit {child.exitcode})") from None
+        theirs = receive_outcome(receive, child, "the second process drawing the figures")
     finally:
         receive.close()
         child.join()
-    if not ok:
-        raise theirs
-    order = list(_figures_order(mine, theirs))
-    return {fid: mine[fid] if fid in mine else theirs[fid] for fid in order}
-
-
-def _figures_order(a: dict[str, str], b: dict[str, str]) -> list[str]:
-    """The figure ids of two halves (odd and even ordinals) in the report's order."""
-    first, second = list(a), list(b)
-    out: list[str] = []
-    for i in range(max(len(first), len(second))):
-        out += first[i:i + 1] + second[i:i + 1]
-    return out
+    # the report's order: ordinals 1, 2, 3, ... are mine[0], theirs[0], mine[1], ...
+    return dict(pair for pairs in itertools.zip_longest(mine.items(), theirs.items()) for pair in pairs if pair)
 
 
 def _stacked(render: _Renderer, table: pd.DataFrame, column: str, title: str,

@@ -381,15 +381,10 @@ class FigureProcess:
 
         def wait() -> dict[str, str]:
             try:
-                ok, value = self._conn.recv()
-            except EOFError:
-                self._process.join()
-                raise RuntimeError(f"the process drawing the figures died (exit {self._process.exitcode})") from None
+                figures: dict[str, str] = receive_outcome(self._conn, self._process, "the process drawing the figures")
+                return figures
             finally:
                 self.close()
-            if not ok:
-                raise value
-            return value  # type: ignore[no-any-return]
 
         return wait
 
@@ -406,9 +401,27 @@ def _draw_in_child(conn: Any, parent_end: Any, parallel: bool) -> None:
         result = conn.recv()
     except EOFError:  # never sent a result
         return
+    send_outcome(conn, render_figures, result, parallel=parallel)
+
+
+def send_outcome(conn: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """In a forked child: send ``(True, fn(...))`` through ``conn``, or ``(False, the exception)``; then close it."""
     try:
-        conn.send((True, render_figures(result, parallel=parallel)))
-    except BaseException as exc:  # handed to the parent, which raises it
+        conn.send((True, fn(*args, **kwargs)))
+    except BaseException as exc:  # handed to the parent, which raises it (receive_outcome)
         conn.send((False, exc))
     finally:
         conn.close()
+
+
+def receive_outcome(conn: Any, process: Any, what: str) -> Any:
+    """In the parent: what :func:`send_outcome` sent from ``process``, or its exception raised here; a child that
+    died before sending is a one-line ``RuntimeError`` naming ``what`` and the exit code."""
+    try:
+        ok, value = conn.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"{what} died (exit {process.exitcode})") from None
+    if not ok:
+        raise value
+    return value
