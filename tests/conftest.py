@@ -240,6 +240,24 @@ def redis_url() -> str:
     return url
 
 
+# ----------------------------------------------------------------------------- ports
+
+
+_PORTS_GIVEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released) and not handed out before in this
+    process: a test that asks for several ports before its servers bind them gets different ones."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+
+
 # ----------------------------------------------------------------------------- names
 
 _TOPIC_ILLEGAL = re.compile(r"[^A-Za-z0-9._-]+")

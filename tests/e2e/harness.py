@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from streams.settings import Settings, TopicSettings, credentials_path
-from tests.conftest import kafka_settings_as
+from tests.conftest import free_port, kafka_settings_as
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def short(name: str, limit: int = 60) -> str:
+    """``name`` (``unique_name``'s ``pytest-<test>-<8 hex>``) cut to ``limit`` characters, keeping its random end,
+    so that no two runs share topics, groups or state folders (a cut name would: a run stopped before its
+    teardown left topics that the next run's creation refused).
+
+    >>> short("pytest-" + "x" * 80 + "-0123abcd")[-9:], len(short("pytest-" + "x" * 80 + "-0123abcd"))
+    ('-0123abcd', 60)
+    """
+    return name if len(name) <= limit else name[: limit - 9] + name[-9:]
 
 
 @dataclass
@@ -198,19 +202,33 @@ class GatedPublisher:
     (a rate-limited publisher raced a worker that applies a whole backlog in one batch; CI of 3e5bcb6).
     """
 
-    def __init__(self, deployment: Deployment, records: list[Any], *, rate: float | None = 1500.0) -> None:
+    def __init__(self, deployment: Deployment, records: list[Any], *, rate: float | None = 1500.0,
+                 between: Callable[[], None] | None = None) -> None:
         self.first, self.rest = records[: len(records) // 2], records[len(records) // 2:]
         self._gate = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(deployment, rate), daemon=True)
+        self.first_sent = threading.Event()  # the first half (and ``between``) acknowledged by the broker
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(deployment, rate, between), daemon=True)
 
-    def _run(self, deployment: Deployment, rate: float | None) -> None:
-        publish(deployment, self.first, rate=rate)
-        self._gate.wait()
-        publish(deployment, self.rest, rate=rate)
+    def _run(self, deployment: Deployment, rate: float | None, between: Callable[[], None] | None) -> None:
+        try:
+            publish(deployment, self.first, rate=rate)
+            if between is not None:
+                between()
+            self.first_sent.set()
+            self._gate.wait()
+            publish(deployment, self.rest, rate=rate)
+        except BaseException as exc:  # raised again by join: a publisher that died must not look finished
+            self.error = exc
 
     def start(self) -> GatedPublisher:
         self._thread.start()
         return self
+
+    def wait_first(self, timeout_s: float) -> None:
+        """Wait until the first half is acknowledged (raises what publishing raised, or on timeout)."""
+        if not self.first_sent.wait(timeout_s):
+            raise AssertionError(self.error or f"the first half was not published within {timeout_s} s")
 
     def release(self) -> None:
         self._gate.set()
@@ -219,13 +237,16 @@ class GatedPublisher:
         """Release the second half (if not yet) and wait; True when everything was published."""
         self.release()
         self._thread.join(timeout_s)
+        if self.error is not None:
+            raise AssertionError(f"publishing the slice failed: {self.error!r}") from self.error
         return not self._thread.is_alive()
 
 
 def read(deployment: Deployment, topic: str) -> list[tuple[str | None, bytes, int]]:
     from streams.adapters.kafka import read_topic
 
-    return asyncio.run(read_topic(deployment.settings().kafka, topic, timeout_s=20))
+    # strict: a read that runs out of time raises instead of returning part of the topic
+    return asyncio.run(read_topic(deployment.settings().kafka, topic, timeout_s=60, strict=True))
 
 
 def services(*args: str, timeout_s: float = 240.0) -> None:

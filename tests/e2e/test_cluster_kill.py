@@ -39,7 +39,7 @@ from streams.replay import ReplayRecord, replay_records
 from streams.settings import KafkaSettings, RedisSettings
 from tests.bundle_fixture import get_test_bundle
 from tests.e2e.clusters import LocalCluster, start_cluster
-from tests.e2e.harness import ROOT, Deployment, GatedPublisher, WorkerProcess, read, wait_for
+from tests.e2e.harness import ROOT, Deployment, GatedPublisher, WorkerProcess, read, short, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -173,7 +173,7 @@ def test_sigkill_one_broker_of_three_mid_replay(kafka_cluster: LocalCluster, rec
                                                 unique_name: str) -> None:
     n_valid = sum(len(s.seen) for s in expected.values())  # type: ignore[attr-defined]
     assert n_valid == len(records)
-    d = Deployment(unique_name[:60], _bootstrap(kafka_cluster), redis_url, redis_prefix, get_test_bundle(),
+    d = Deployment(short(unique_name), _bootstrap(kafka_cluster), redis_url, redis_prefix, get_test_bundle(),
                    replication=3, min_insync_replicas=2, interval_s=1.0)
     settings = d.settings()
     topics = d.topics()
@@ -349,7 +349,7 @@ def test_sigkill_one_redis_master_mid_replay(redis_cluster_for_worker: LocalClus
     n_valid = sum(len(s.seen) for s in expected.values())  # type: ignore[attr-defined]
     url = f"redis+cluster://127.0.0.1:{cluster.base_port}/0"
     prefix = f"pytest-{unique_name[-8:]}"
-    d = Deployment(unique_name[:60], kafka_bootstrap, url, prefix, get_test_bundle(), interval_s=1.0)
+    d = Deployment(short(unique_name), kafka_bootstrap, url, prefix, get_test_bundle(), interval_s=1.0)
     t = d.topics()
     for name, config in ((t.invoices, None), (t.dlq, None), (t.scores, {"cleanup.policy": "compact"}),
                          (t.credit_lines, {"cleanup.policy": "compact"})):

@@ -29,7 +29,7 @@ import pytest
 from streams.events import CreditLine, EnterpriseScore, RiskAlert
 from streams.replay import ReplayRecord, replay_records
 from tests.bundle_fixture import get_test_bundle
-from tests.e2e.harness import ROOT, Deployment, WorkerProcess, free_port, publish, read, wait_for
+from tests.e2e.harness import ROOT, Deployment, WorkerProcess, free_port, publish, read, short, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -77,7 +77,7 @@ def records() -> list[ReplayRecord]:
 @pytest.fixture
 def deployment(unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str,
                topic_factory) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
-    d = Deployment(unique_name[:60], kafka_bootstrap, redis_url, redis_prefix, get_test_bundle())
+    d = Deployment(short(unique_name), kafka_bootstrap, redis_url, redis_prefix, get_test_bundle())
     t = d.topics()
     for name, config in ((t.invoices, None), (t.dlq, None), (t.alerts, None),
                          (t.scores, {"cleanup.policy": "compact"}), (t.credit_lines, {"cleanup.policy": "compact"})):
@@ -180,6 +180,7 @@ def test_console_during_a_replay_shows_what_kafka_holds_and_alerts_live(
         assert shown == sorted(shown, reverse=True) and len(shown) == len(lines)
         page.select_option("select[name=rating]", "D")
         page.click("form.filters button")
+        page.wait_for_url(re.compile(r".*rating=D.*"))  # the filtered page loaded (the click waits for less)
         ids = page.locator("#lines tbody tr td:first-child").all_inner_texts()
         assert sorted(ids) == sorted(e for e, x in lines.items() if x.rating == "D")
         page.goto(console.url + "/lines?sort=amount&order=desc")

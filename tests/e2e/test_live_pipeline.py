@@ -27,7 +27,7 @@ from streams.features.vector import to_sequence, to_vector
 from streams.pipeline import Source, ingest
 from streams.replay import ReplayRecord, replay_records
 from tests.bundle_fixture import get_test_bundle, get_test_feature_table
-from tests.e2e.harness import Deployment, GatedPublisher, WorkerProcess, publish, read, wait_for
+from tests.e2e.harness import Deployment, GatedPublisher, WorkerProcess, publish, read, short, wait_for
 
 SLICE = ("E16", "E26", "E42", "E12", "E28", "E29", "E39", "E50", "E52", "E82", "E99", "E126")
 NOW = dt.datetime(2020, 3, 1, tzinfo=dt.UTC)
@@ -52,7 +52,7 @@ def bundle_dir() -> Path:
 @pytest.fixture
 def deployment(unique_name: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str, bundle_dir: Path,
                topic_factory) -> Iterator[Deployment]:  # type: ignore[no-untyped-def]
-    d = Deployment(unique_name[:60], kafka_bootstrap, redis_url, redis_prefix, bundle_dir)
+    d = Deployment(short(unique_name), kafka_bootstrap, redis_url, redis_prefix, bundle_dir)
     t = d.topics()
     for name, config in ((t.invoices, None), (t.dlq, None), (t.scores, {"cleanup.policy": "compact"}),
                          (t.credit_lines, {"cleanup.policy": "compact"})):
@@ -211,8 +211,11 @@ def test_two_workers_split_the_partitions_and_one_leads(
 
         def settled() -> list[dict] | None:  # type: ignore[type-arg]
             hs = [w.health() for w in workers]
-            return hs if all(hs) and sum(h["processed"] for h in hs) >= len(records) else None  # type: ignore[index,return-value]
-        health = wait_for(settled, 30, "both workers' processed counters")
+            if not all(hs) or sum(h["processed"] for h in hs) < len(records):  # type: ignore[index]
+                return None
+            # the leader is elected in faust's own group, whose rebalance the second worker's start also set off
+            return hs if sum(bool(h["leader"]) for h in hs) == 1 else None  # type: ignore[index,return-value]
+        health = wait_for(settled, 60, "both workers' processed counters and one leader")
         processed = [h["processed"] for h in health]
         leaders = [h["leader"] for h in health]
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.conftest import kafka_kwargs
+from tests.conftest import free_port, kafka_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:

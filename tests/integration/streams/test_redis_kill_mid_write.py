@@ -36,16 +36,11 @@ from streams.errors import StoreRestarted, StoreUnavailable
 from streams.features.fold import fold_all
 from streams.features.vector import to_vector
 from streams.pipeline import Source, apply_events
+from tests.conftest import free_port  # noqa
 
 pytestmark = pytest.mark.services
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(port: int, folder: Path, config: Path | None = None, **auth: str) -> subprocess.Popen[bytes]:
@@ -151,7 +146,7 @@ def test_scores_come_from_what_redis_holds_after_a_kill_inside_a_write(tmp_path:
         p = partition.setdefault(e.enterprise_id, len(partition) % 4)
         sources.append(Source("invoices", p, offsets[p]))
         offsets[p] += 1
-    port = _free_port()
+    port = free_port()
     proc = _start(port, tmp_path)
     proxy = _ReplyHoldingProxy(port)
     client = redis.Redis(port=proxy.port, socket_timeout=5, socket_connect_timeout=1)
@@ -225,7 +220,7 @@ def test_the_deployed_redis_config_keeps_every_lua_write_across_a_restart(tmp_pa
         if settings.password is not None else {}
     events = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 3_000) if not isinstance(e, RejectedRow)]
     sources = [Source("invoices", 0, offset) for offset in range(len(events))]
-    port = _free_port()
+    port = free_port()
     proc = _start(port, tmp_path, config, **auth)
     client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1, **auth)  # type: ignore[arg-type]
     try:
@@ -255,7 +250,7 @@ def test_a_redis_that_lost_its_last_writes_is_found_and_read_again_from_its_chec
     (NOSCRIPT), and reading again from ``resume_offsets`` ends exactly at the batch fold."""
     events = [e for e in itertools.islice(iter_events(DEFAULT_DATA_DIR), 6_000) if not isinstance(e, RejectedRow)]
     sources = [Source("invoices", 0, offset) for offset in range(len(events))]
-    port = _free_port()
+    port = free_port()
     proc = _start(port, tmp_path)
     client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
     store = CachedFeatureStore(RedisFeatureStore(client, "lost", guard_restarts=True))
