@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -123,23 +123,41 @@ async def create_topics(kafka: KafkaSettings, specs: Sequence[NewTopic], *, exis
                       if e.get("error_code", 0) not in allowed]
             if errors:
                 raise BrokerUnavailable(f"creating topics on {kafka.bootstrap} failed: {errors}", retriable=False)
-        names = [spec.name for spec in wanted]
-        counts = {spec.name: spec.num_partitions for spec in wanted}
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while names:
-            described = await admin.describe_topics(names)
-            ready = all(d.get("error_code", 0) == 0 and len(d.get("partitions", [])) == counts[d["topic"]]
-                        and all(p.get("leader", -1) >= 0 for p in d["partitions"]) for d in described)
-            if ready and len(described) == len(names):
-                break
-            if asyncio.get_running_loop().time() >= deadline:
-                raise BrokerUnavailable(f"topics {names} not ready after {timeout_s} s: {described}")
-            await asyncio.sleep(0.05)
-        return names
+        if wanted:
+            await await_leaders(admin, {spec.name: spec.num_partitions for spec in wanted}, timeout_s)
+        return [spec.name for spec in wanted]
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create topics on {kafka.bootstrap}: {exc!r}; is Kafka up (scripts/services up)?") from exc
     finally:
         await admin.close()
+
+
+async def await_leaders(admin: AIOKafkaAdminClient, partitions: Mapping[str, int],
+                        timeout_s: float) -> dict[str, dict[int, tuple[int, int]]]:
+    """Describe the topics until each has its number of ``partitions``, every one with a leader; then per
+    topic, partition -> (leader node id, number of replicas).
+
+    A topic just created may be unknown for a moment to the broker ``admin`` asks (on a cluster the
+    metadata reaches each broker in its own time).
+
+    Raises
+    ------
+    BrokerUnavailable
+        When that is not seen within ``timeout_s``, with the last answer.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(list(partitions))
+        leaders = {d["topic"]: {p["partition"]: (p.get("leader", -1), len(p.get("replicas", [])))
+                                for p in d.get("partitions", [])}
+                   for d in described if d.get("error_code", 0) == 0}
+        if all(len(leaders.get(topic, {})) == n and all(leader >= 0 for leader, _ in leaders[topic].values())
+               for topic, n in partitions.items()):
+            return leaders
+        if loop.time() >= deadline:
+            raise BrokerUnavailable(f"topics {list(partitions)} not ready after {timeout_s} s: {described}")
+        await asyncio.sleep(0.05)
 
 
 async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:

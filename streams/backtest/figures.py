@@ -34,8 +34,7 @@ from streams.backtest.report import (  # noqa: E402
     groups_frame,
     lines_table,
     psi_frame,
-    receive_outcome,
-    send_outcome,
+    start_forked,
     summary_table,
 )
 from streams.backtest.run import BacktestResult  # noqa: E402
@@ -83,17 +82,11 @@ def render_figures(result: BacktestResult, *, parallel: bool = True) -> dict[str
     """
     if not (parallel and (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods()):
         return _draw(result, None)
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=send_outcome, args=(send, _draw, result, 0), name="backtest-figures-half")
-    child.start()
-    send.close()
+    wait = start_forked(_draw, result, 0, what="the second process drawing the figures", name="backtest-figures-half")
     try:
         mine = _draw(result, 1)
-        theirs = receive_outcome(receive, child, "the second process drawing the figures")
     finally:
-        receive.close()
-        child.join()
+        theirs = wait()  # the child is joined even when this half failed
     # the report's order: ordinals 1, 2, 3, ... are mine[0], theirs[0], mine[1], ...
     return dict(pair for pairs in itertools.zip_longest(mine.items(), theirs.items()) for pair in pairs if pair)
 

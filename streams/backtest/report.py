@@ -404,6 +404,26 @@ def _draw_in_child(conn: Any, parent_end: Any, parallel: bool) -> None:
     send_outcome(conn, render_figures, result, parallel=parallel)
 
 
+def start_forked(fn: Callable[..., Any], *args: Any, what: str, name: str | None = None) -> Callable[[], Any]:
+    """Start ``fn(*args)`` in a forked child process (its arguments reach it by the fork, not pickled); the
+    function returned waits for its value, or raises its exception here (:func:`receive_outcome`, ``what``
+    naming the child), and joins it. ``name``: the process's name."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=send_outcome, args=(send, fn, *args), name=name)
+    child.start()
+    send.close()
+
+    def wait() -> Any:
+        try:
+            return receive_outcome(receive, child, what)
+        finally:
+            receive.close()
+            child.join()
+
+    return wait
+
+
 def send_outcome(conn: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """In a forked child: send ``(True, fn(...))`` through ``conn``, or ``(False, the exception)``; then close it."""
     try:

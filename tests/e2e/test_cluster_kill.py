@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from streams.adapters.kafka import client_kwargs, ensure_topics, make_producer
+from streams.adapters.kafka import await_leaders, client_kwargs, ensure_topics, make_producer
 from streams.adapters.redis_store import RedisFeatureStore, connect
 from streams.errors import StreamError
 from streams.events import AllocationSummary, CreditLine, DeadLetter, InvoiceEvent
@@ -116,26 +116,15 @@ class _Progress:
         return longest
 
 
-async def _leaders(kafka: KafkaSettings, topic: str, partitions: int, timeout_s: float = 60.0) -> dict[int, tuple[int, int]]:
-    """partition -> (leader node id, number of replicas), once every partition has a leader.
-
-    A topic just created is known to the controller first; the broker the admin client asks may
-    answer for a moment without it (one CI run read ``{}`` here), so the answer is awaited.
-    """
+async def _leaders(kafka: KafkaSettings, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """partition -> (leader node id, number of replicas), once every partition has a leader (the broker asked
+    may not know a topic just created for a moment: one CI run read ``{}`` here)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(**client_kwargs(kafka))
     await admin.start()
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            (described,) = await admin.describe_topics([topic])
-            leaders = {p["partition"]: (p["leader"], len(p["replicas"])) for p in described["partitions"]}
-            if len(leaders) == partitions and all(leader >= 0 for leader, _ in leaders.values()):
-                return leaders
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: {partitions} partitions with a leader not seen in {timeout_s} s: {described}")
-            await asyncio.sleep(0.2)
+        return (await await_leaders(admin, {topic: partitions}, 60.0))[topic]
     finally:
         await admin.close()
 
